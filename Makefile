@@ -1,0 +1,49 @@
+# t2vserve: `make serve` and `make test` set everything up from a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.setup-done
+PRESET ?= tiny
+ARTIFACTS := build/artifacts/$(PRESET)
+
+.PHONY: setup test test-fast serve export check clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 first (the CPU wheel on this machine), so nothing pulls CUDA wheels; then the
+# project with its pins. tritonclient 2.50.0 goes in last with --no-deps: its perf_analyzer
+# binary is the one that runs on glibc 2.36, and its grpc extra pins protobuf<5, which onnx
+# 1.23 cannot use; its generated code runs on protobuf 6 (tested by the suite).
+$(STAMP): pyproject.toml Makefile
+	@if ! dpkg -s libb64-0d >/dev/null 2>&1; then \
+		echo "installing libb64-0d (perf_analyzer needs it)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libb64-0d; \
+	fi
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check torch==2.13.0
+	$(PIP) install -q --disable-pip-version-check -e '.[dev]'
+	$(PIP) install -q --disable-pip-version-check --no-deps tritonclient==2.50.0
+	@touch $(STAMP)
+
+$(ARTIFACTS)/manifest.json: | $(STAMP)
+	$(VENV)/bin/t2vserve export --preset $(PRESET) --out $(ARTIFACTS)
+
+export: $(ARTIFACTS)/manifest.json
+
+check: $(STAMP)
+	$(VENV)/bin/t2vserve export --preset $(PRESET) --out $(ARTIFACTS) --check
+
+# Unit, integration and reliability tests; `gpu`/`tensorrt` ones skip with their reason here.
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+serve: $(ARTIFACTS)/manifest.json
+	$(VENV)/bin/t2vserve run --artifacts $(ARTIFACTS) --out-dir build/serve
+
+clean:
+	rm -rf build

@@ -1,0 +1,150 @@
+"""The `t2vserve` command line."""
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+
+def _export(args) -> int:
+    from t2vserve.export.onnx_export import export_preset
+    from t2vserve.presets import build_components
+
+    out = args.out or f"build/artifacts/{args.preset}" + ("" if args.precision == "fp32" else f"-{args.precision}")
+    t0 = time.perf_counter()
+    print(f"building preset {args.preset} ({'checkpoint ' + args.checkpoint if args.checkpoint else f'random weights, seed {args.seed}'})", flush=True)
+    comps = build_components(args.preset, checkpoint=args.checkpoint, seed=args.seed)
+    manifest = export_preset(comps, out, precision=args.precision)
+    print(f"wrote {out} ({', '.join(manifest['graphs'])}, tokenizer, manifest.json) "
+          f"in {time.perf_counter() - t0:.0f} s", flush=True)
+    if not args.check:
+        return 0
+    return _check(comps, out, args)
+
+
+def _check(comps, out, args) -> int:
+    from t2vserve.export.onnx_export import export_preset
+    from t2vserve.export.parity import check_components, check_pipeline
+    from t2vserve.schema import GenerationRequest
+
+    request = GenerationRequest(prompt=args.check_prompt, seed=args.seed, steps=args.check_steps,
+                                **_preset_size(comps.preset))
+    results = {}
+    precisions = ["fp32", "fp16"] if args.precision == "fp32" else [args.precision]
+    for precision in precisions:
+        target = out if precision == args.precision else f"{out}-{precision}"
+        if target != out:
+            print(f"exporting {precision} graphs to {target} for the comparison", flush=True)
+            export_preset(comps, target, precision=precision)
+        print(f"checking {precision}: ONNX Runtime vs torch (FP32 reference)", flush=True)
+        results[precision] = {"components": check_components(comps, target),
+                              "pipeline": check_pipeline(comps, target, request)}
+    print(f"\n{'component':<14}{'precision':<11}{'max_abs':>12}{'relative':>12}")
+    for precision, r in results.items():
+        for name, e in r["components"].items():
+            print(f"{name:<14}{precision:<11}{e['max_abs']:>12.3e}{e['rel']:>12.3e}")
+    print(f"\nwhole pipeline, seed {args.seed}, {request.steps} steps, "
+          f"{request.width}x{request.height}x{request.num_frames}:")
+    for precision, r in results.items():
+        p = r["pipeline"]
+        print(f"  {precision}: PSNR {p['psnr_db']:.2f} dB vs torch frames "
+              f"(max |diff| {p['max_abs_uint8']} of 255)")
+    if args.report:
+        with open(args.report, "w") as f:
+            json.dump(results, f, indent=2)
+    fp32 = results.get("fp32")
+    if fp32 is not None:
+        bad = [n for n, e in fp32["components"].items() if e["rel"] > 1e-4]
+        if bad or fp32["pipeline"]["psnr_db"] < 40.0:
+            print(f"FAILED: FP32 targets are relative error <= 1e-4 (over: {bad or 'none'}) "
+                  "and pipeline PSNR >= 40 dB", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _run(args) -> int:
+    from pathlib import Path
+
+    from t2vserve.media import encode_mp4
+    from t2vserve.pipeline import Pipeline
+    from t2vserve.schema import GenerationRequest
+    from t2vserve.text_corpus import BRIEF_PROMPTS
+
+    pipe = Pipeline.from_artifacts(args.artifacts, scheduler=args.scheduler)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prompts = args.prompt or BRIEF_PROMPTS
+    defaults = pipe.preset.defaults
+    for i, prompt in enumerate(prompts):
+        request = GenerationRequest(
+            prompt=prompt,
+            **{k: getattr(args, k) if getattr(args, k) is not None else defaults[k]
+               for k in ("width", "height", "num_frames", "fps", "steps", "guidance_scale")},
+            seed=args.seed,
+        ).validate()
+        t0 = time.perf_counter()
+        frames = pipe.generate(request, callback=lambda s, t, _: print(
+            f"\r  step {s + 1}/{request.steps}", end="", flush=True))
+        path = out_dir / f"clip_{i:02d}_seed{request.seed}.mp4"
+        path.write_bytes(encode_mp4(frames, request.fps))
+        print(f"\r{path}: {frames.shape[0]} frames {request.width}x{request.height} "
+              f"@{request.fps} fps in {time.perf_counter() - t0:.1f} s  <- {prompt!r}", flush=True)
+    return 0
+
+
+def _preset_size(preset) -> dict:
+    d = preset.defaults
+    return {k: d[k] for k in ("width", "height", "num_frames", "guidance_scale")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="t2vserve", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("export", help="export a preset's networks to ONNX (+ tokenizer, manifest)")
+    p.add_argument("--preset", default="tiny", help="tiny | wan2.2-ti2v-5b (default: tiny)")
+    p.add_argument("--checkpoint", help="diffusers-format pipeline folder (default: random weights)")
+    p.add_argument("--out", help="output folder (default: build/artifacts/<preset>[-fp16])")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                   help="fp16 keeps FP32 islands (norms, softmax, time embedding); the "
+                        "text encoder always stays FP32")
+    p.add_argument("--seed", type=int, default=0, help="random-weight seed and check seed")
+    p.add_argument("--check", action="store_true",
+                   help="compare ONNX Runtime with torch per component (FP32 and FP16) and "
+                        "for the whole pipeline; exit 1 if FP32 misses its targets")
+    p.add_argument("--check-prompt", default="a red cup rotating slowly on a wooden table")
+    p.add_argument("--check-steps", type=int, default=8)
+    p.add_argument("--report", help="also write the check's figures to this JSON file")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("run", help="generate clips in process from exported artifacts (no server)")
+    p.add_argument("prompt", nargs="*", help="prompts (default: the brief's two examples)")
+    p.add_argument("--artifacts", default="build/artifacts/tiny", help="what `export` wrote")
+    p.add_argument("--out-dir", default="build/run", help="where the MP4s go")
+    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--num-frames", type=int)
+    p.add_argument("--fps", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--guidance-scale", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scheduler", choices=["unipc", "euler"], default="unipc")
+    p.set_defaults(func=_run)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"t2vserve {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
