@@ -4,11 +4,14 @@ Dynamo exporter, opset 18 (the legacy exporter fails on aten::rms_norm and dynam
 Every dynamic axis is checked on the written graph: an axis the exporter froze is an error.
 """
 
+import contextlib
 import copy
 import hashlib
+import io
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import onnx
@@ -19,25 +22,9 @@ from t2vserve.export.specs import DIT, TEXT_ENCODER, NetworkSpec
 from t2vserve.export.vae_chunked import export_vae_onnx
 from t2vserve.export.wrappers import DiTExport, TextEncoderExport
 
-log = logging.getLogger("t2vserve.export")
 OPSET = 18
 PRECISIONS = ("fp32", "fp16")
 _ONNX_DTYPES = {1: "FP32", 10: "FP16", 7: "INT64", 6: "INT32", 16: "BF16"}
-
-
-class CastIO(nn.Module):
-    """Runs `module` in `dtype` but keeps the graph's I/O in FP32 (callers stay dtype-blind)."""
-
-    def __init__(self, module: nn.Module, dtype: torch.dtype):
-        super().__init__()
-        self.module, self.dtype = module, dtype
-
-    def forward(self, *args):
-        args = [a.to(self.dtype) if a.is_floating_point() else a for a in args]
-        out = self.module(*args)
-        if isinstance(out, (tuple, list)):
-            return tuple(o.float() for o in out)
-        return out.float()
 
 
 def mixed_precision(model: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -83,15 +70,38 @@ def check_dynamic(path: Path, expected: dict[str, list[int]]) -> None:
             raise RuntimeError(f"{path.name}: axes {frozen} of {name} were frozen: {shape}")
 
 
-def export_network(module: nn.Module, spec: NetworkSpec, args: tuple, path: Path) -> dict:
+@contextlib.contextmanager
+def quiet_exporter(what: str):
+    """One progress line per graph instead of the exporter's chatter; the chatter is shown
+    only if the export fails."""
+    print(f"  exporting {what} ...", end="", flush=True)
     t0 = time.perf_counter()
-    torch.onnx.export(
-        module.eval(), args, str(path), input_names=list(spec.inputs),
-        output_names=list(spec.outputs), dynamic_shapes=spec.dynamic_axes, dynamo=True,
-        opset_version=OPSET, external_data=False, verbose=False,
-    )
+    captured = io.StringIO()
+    loggers = [logging.getLogger(n) for n in ("onnx_ir", "onnxscript", "torch.onnx")]
+    levels = [lg.level for lg in loggers]
+    try:
+        with contextlib.redirect_stdout(captured), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for lg in loggers:
+                lg.setLevel(logging.ERROR)
+            yield
+    except Exception:
+        print(" failed\n" + captured.getvalue()[-4000:], flush=True)
+        raise
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+    print(f" {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def export_network(module: nn.Module, spec: NetworkSpec, args: tuple, path: Path) -> dict:
+    with quiet_exporter(path.name):
+        torch.onnx.export(
+            module.eval(), args, str(path), input_names=list(spec.inputs),
+            output_names=list(spec.outputs), dynamic_shapes=spec.dynamic_axes, dynamo=True,
+            opset_version=OPSET, external_data=False, verbose=False,
+        )
     check_dynamic(path, {n: list(axes) for n, axes in spec.dynamic_axes.items()})
-    log.info("exported %s in %.1f s", path.name, time.perf_counter() - t0)
     return describe_graph(path)
 
 
@@ -118,11 +128,8 @@ def export_preset(comps, out_dir: str | Path, *, precision: str = "fp32") -> dic
     graphs["dit"] = export_network(dit, DIT, DIT.sample(preset), out / "dit.onnx")
 
     vae = comps.vae if dtypes["vae"] == torch.float32 else copy.deepcopy(comps.vae).to(dtypes["vae"])
-    t0 = time.perf_counter()
-    vae_desc = export_vae_onnx(vae, out, opset=OPSET,
-                               wrap=None if dtypes["vae"] == torch.float32 else
-                               (lambda m: CastIO(m, dtypes["vae"])))
-    log.info("exported the VAE graphs in %.1f s", time.perf_counter() - t0)
+    with quiet_exporter("vae_decode_first.onnx + vae_decode_step.onnx"):
+        vae_desc = export_vae_onnx(vae, out, opset=OPSET)
     graphs["vae_decode_first"] = describe_graph(out / "vae_decode_first.onnx")
     graphs["vae_decode_step"] = describe_graph(out / "vae_decode_step.onnx")
 

@@ -15,6 +15,7 @@ outputs `frames` (B, 3, 1 | 4, 16h, 16w) and `cache_0_out..cache_{n-1}_out`. Sym
 
 import contextlib
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -66,6 +67,8 @@ class _VaeChunk(nn.Module):
         super().__init__()
         self.vae = vae
         self.spec = _cache_spec(vae)
+        # Graph I/O is FP32 whatever the VAE runs in (an FP16 VAE casts inside the graph).
+        self.dtype = next(vae.parameters()).dtype
 
     @property
     def num_caches(self) -> int:
@@ -73,11 +76,11 @@ class _VaeChunk(nn.Module):
 
     def _run(self, latents, feat, first_chunk):
         # post_quant_conv is a 1x1x1 conv, so running it per frame gives _decode's numbers.
-        x = self.vae.post_quant_conv(latents)
+        x = self.vae.post_quant_conv(latents.to(self.dtype))
         out = self.vae.decoder(x, feat_cache=feat, feat_idx=[0], first_chunk=first_chunk)
         if self.vae.config.patch_size is not None:
             out = unpatchify(out, patch_size=self.vae.config.patch_size)
-        return torch.clamp(out, min=-1.0, max=1.0)
+        return torch.clamp(out, min=-1.0, max=1.0).float()
 
 
 class VaeDecodeFirst(_VaeChunk):
@@ -91,7 +94,7 @@ class VaeDecodeFirst(_VaeChunk):
         for c, (ch, s) in zip(feat, self.spec):
             if isinstance(c, str):  # "Rep": the first time_conv call pads with zeros
                 c = latents.new_zeros((b, ch, CACHE_T, s * h, s * w))
-            caches.append(_pad_cache(c))
+            caches.append(_pad_cache(c).float())
         return (frames, *caches)
 
 
@@ -100,11 +103,11 @@ class VaeDecodeStep(_VaeChunk):
 
     def forward(self, latents, *caches):
         assert len(caches) == self.num_caches, (len(caches), self.num_caches)
-        feat = list(caches)
+        feat = [c.to(self.dtype) for c in caches]
         frames = self._run(latents, feat, first_chunk=False)
         for c in feat:
             assert c.shape[2] == CACHE_T
-        return (frames, *feat)
+        return (frames, *(c.float() for c in feat))
 
 
 def decode_chunked(first: nn.Module, step: nn.Module, z: torch.Tensor) -> torch.Tensor:
@@ -169,7 +172,7 @@ def export_vae_onnx(vae, out_dir, *, sample_hw=(8, 8), opset=18) -> dict:
     p = next(vae.parameters())
     h, w = sample_hw
     # batch >= 2 in the example, else export specialises the batch axis to 1.
-    z = torch.randn(2, vae.config.z_dim, 1, h, w, device=p.device, dtype=p.dtype)
+    z = torch.randn(2, vae.config.z_dim, 1, h, w, device=p.device, dtype=torch.float32)
     first, step = VaeDecodeFirst(vae).eval(), VaeDecodeStep(vae).eval()
     n = first.num_caches
     names = cache_names(n)
@@ -179,8 +182,9 @@ def export_vae_onnx(vae, out_dir, *, sample_hw=(8, 8), opset=18) -> dict:
                   for _, s in first.spec]
     result = dict(opset=opset, num_caches=n, cache_frames=CACHE_T,
                   frames_per_latent=dict(first=FRAMES_FIRST, step=FRAMES_STEP), graphs={})
+    # values do not matter for tracing; zeros skip an eager decode of the sample
+    caches = [z.new_zeros(shape) for shape in cache_shapes(vae, 2, h, w)]
     with nearest_upsample(vae), torch.no_grad():
-        _, *caches = first(z)
         jobs = [
             ("vae_decode_first", first, (z,), {"latents": lat_dims}, ["latents"]),
             ("vae_decode_step", step, (z, *caches),
@@ -189,10 +193,14 @@ def export_vae_onnx(vae, out_dir, *, sample_hw=(8, 8), opset=18) -> dict:
         for name, module, args, dyn, in_names in jobs:
             path = out_dir / f"{name}.onnx"
             t0 = time.perf_counter()
-            torch.onnx.export(module, args, path, dynamo=True, opset_version=opset,
-                              dynamic_shapes=dyn, input_names=in_names, output_names=out_names,
-                              external_data=False, verbose=False)
-            model = onnx.load(path)
+            with warnings.catch_warnings():
+                # benign: every cache shares its axis names with the latent ("will not be used")
+                warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
+                # external_data=False: one file, unless over 2 GB (then the exporter splits)
+                torch.onnx.export(module, args, path, dynamo=True, opset_version=opset,
+                                  dynamic_shapes=dyn, input_names=in_names,
+                                  output_names=out_names, external_data=False, verbose=False)
+            model = onnx.load(path, load_external_data=False)
             _check_symbolic(model, path)
             result["graphs"][name] = dict(file=path.name, export_s=round(time.perf_counter() - t0, 2),
                                           **_describe(model))

@@ -137,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("t2vserve").setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, KeyError) as exc:

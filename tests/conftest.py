@@ -13,3 +13,13 @@ def tiny():
     from t2vserve.presets import build_components
 
     return build_components("tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tiny, tmp_path_factory):
+    """`t2vserve export --preset tiny` (FP32) into a temporary folder, once per session."""
+    from t2vserve.export.onnx_export import export_preset
+
+    out = tmp_path_factory.mktemp("artifacts") / "tiny"
+    export_preset(tiny, out, precision="fp32")
+    return out
