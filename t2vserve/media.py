@@ -42,3 +42,24 @@ def decode_mp4(data: bytes) -> tuple[np.ndarray, float]:
         fps = float(stream.average_rate or stream.base_rate)
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
     return np.stack(frames), fps
+
+
+QC_NAMES = ("mean_luma", "black_frame_ratio", "frozen_frame_ratio", "temporal_flicker")
+BLACK_LUMA = 16.0      # BT.601 studio black: a frame darker than this on average is black
+FROZEN_DIFF = 0.5      # mean |frame - previous| below half a grey level: nothing moved
+
+
+def qc_metrics(frames: np.ndarray) -> np.ndarray:
+    """uint8 (F, H, W, 3) -> float32 [mean luma, black-frame ratio, frozen-frame ratio,
+    temporal flicker (std of the frame-to-frame change of mean luma)]."""
+    rgb = frames.astype(np.float32)
+    luma = 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+    per_frame = luma.mean(axis=(1, 2))
+    black = float((per_frame < BLACK_LUMA).mean())
+    if len(frames) > 1:
+        change = np.abs(np.diff(luma, axis=0)).mean(axis=(1, 2))
+        frozen = float((change < FROZEN_DIFF).mean())
+        flicker = float(np.diff(per_frame).std())
+    else:
+        frozen, flicker = 0.0, 0.0
+    return np.array([per_frame.mean(), black, frozen, flicker], dtype=np.float32)

@@ -57,6 +57,33 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
     return np.round(x * 255).astype(np.uint8)
 
 
+def predict(dit: Runner, latents: np.ndarray, t: float, embeds: np.ndarray,
+            guidance: float) -> np.ndarray:
+    """One DiT call; the conditional and unconditional halves share one batch."""
+    batch = embeds.shape[0]
+    out = dit.run({
+        "latents": np.repeat(latents, batch, axis=0),
+        "timestep": np.full((batch,), t, dtype=np.float32),
+        "prompt_embeds": embeds,
+    })["noise_pred"]
+    return guide(out[:1], out[1:], guidance) if batch == 2 else out
+
+
+def denoise_loop(dit: Runner, latents: np.ndarray, embeds: np.ndarray, steps: int,
+                 guidance: float, *, scheduler: str = "unipc", shift: float = 5.0,
+                 callback=None) -> np.ndarray:
+    """The flow-matching loop. `embeds` is (2, L, D) [cond, uncond] with guidance, else
+    (1, L, D). `callback(i, t, latents)` runs after each step (progress, cancellation)."""
+    sched = make_scheduler(scheduler, shift=shift)
+    sched.set_timesteps(steps)
+    for i, t in enumerate(sched.timesteps):
+        noise_pred = predict(dit, latents, float(t), embeds, guidance)
+        latents = sched.step(noise_pred, t, latents)
+        if callback is not None:
+            callback(i, t, latents)
+    return latents
+
+
 def decode_chunks(first: Runner, step: Runner, z: np.ndarray) -> np.ndarray:
     """Causal VAE decode, one latent frame per call, caches carried between the calls:
     (B, C, T, h, w) -> (B, 3, 4(T-1)+1, 16h, 16w) in [-1, 1]."""
@@ -68,6 +95,14 @@ def decode_chunks(first: Runner, step: Runner, z: np.ndarray) -> np.ndarray:
         out = step.run(feed)
         chunks.append(out.pop("frames"))
     return np.concatenate(chunks, axis=2)
+
+
+def decode_latents(first: Runner, step: Runner, latents: np.ndarray, latents_mean: np.ndarray,
+                   latents_std: np.ndarray) -> np.ndarray:
+    """De-normalise as WanPipeline does (x / (1/std) + mean), then decode."""
+    inv_std = (1.0 / latents_std).reshape(1, -1, 1, 1, 1)
+    z = (latents / inv_std + latents_mean.reshape(1, -1, 1, 1, 1)).astype(np.float32)
+    return decode_chunks(first, step, z)
 
 
 @dataclass
@@ -95,33 +130,17 @@ class Pipeline:
     def encode(self, prompts: list[str]) -> np.ndarray:
         return self.text_encoder.run(self.tokenize(prompts))["prompt_embeds"]
 
-    # 2. one DiT call: conditional and unconditional halves share one batch
-    def predict(self, latents: np.ndarray, t: float, embeds: np.ndarray, guidance: float):
-        batch = embeds.shape[0]
-        out = self.dit.run({
-            "latents": np.repeat(latents, batch, axis=0),
-            "timestep": np.full((batch,), t, dtype=np.float32),
-            "prompt_embeds": embeds,
-        })["noise_pred"]
-        return guide(out[:1], out[1:], guidance) if batch == 2 else out
-
-    # 3. the denoising loop
+    # 2-3. the denoising loop
     def denoise(self, latents: np.ndarray, embeds: np.ndarray, steps: int, guidance: float,
                 callback=None) -> np.ndarray:
-        scheduler = make_scheduler(self.scheduler, shift=self.preset.flow_shift)
-        scheduler.set_timesteps(steps)
-        for i, t in enumerate(scheduler.timesteps):
-            noise_pred = self.predict(latents, float(t), embeds, guidance)
-            latents = scheduler.step(noise_pred, t, latents)
-            if callback is not None:
-                callback(i, t, latents)
-        return latents
+        return denoise_loop(self.dit, latents, embeds, steps, guidance,
+                            scheduler=self.scheduler, shift=self.preset.flow_shift,
+                            callback=callback)
 
     # 4. de-normalise and decode, one latent frame at a time
     def decode(self, latents: np.ndarray) -> np.ndarray:
-        inv_std = (1.0 / self.latents_std).reshape(1, -1, 1, 1, 1)
-        z = (latents / inv_std + self.latents_mean.reshape(1, -1, 1, 1, 1)).astype(np.float32)
-        return decode_chunks(self.vae_decode_first, self.vae_decode_step, z)
+        return decode_latents(self.vae_decode_first, self.vae_decode_step, latents,
+                              self.latents_mean, self.latents_std)
 
     def generate(self, request: GenerationRequest, callback=None) -> np.ndarray:
         """One request -> uint8 frames (F, H, W, 3)."""

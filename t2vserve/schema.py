@@ -15,17 +15,16 @@ class RequestValidationError(ValueError):
 
 @dataclass(frozen=True)
 class Limits:
-    min_size: int = 64
-    max_size: int = 256
+    """Inclusive ranges a request may ask for; the deployment profile sets them."""
+    width: tuple[int, int] = (64, 256)
+    height: tuple[int, int] = (64, 256)
     size_multiple: int = 32
-    min_frames: int = 5
-    max_frames: int = 33
-    min_steps: int = 1
-    max_steps: int = 50
-    min_guidance: float = 1.0
-    max_guidance: float = 20.0
-    min_fps: int = 8
-    max_fps: int = 30
+    num_frames: tuple[int, int] = (5, 33)
+    steps: tuple[int, int] = (1, 50)
+    guidance_scale: tuple[float, float] = (1.0, 20.0)
+    fps: tuple[int, int] = (8, 30)
+    prompt_bytes: int = 4096
+    prompt_tokens: int = 64
 
 
 @dataclass(frozen=True)
@@ -41,34 +40,41 @@ class GenerationRequest:
     seed: int = 0
 
     def validate(self, limits: Limits = Limits()) -> "GenerationRequest":
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
+        """Raise RequestValidationError naming the allowed range; return self if valid."""
+        for name in ("prompt", "negative_prompt"):
+            text = getattr(self, name)
+            if not isinstance(text, str):
+                raise RequestValidationError(f"{name} must be a UTF-8 string")
+            if len(text.encode("utf-8")) > limits.prompt_bytes:
+                raise RequestValidationError(
+                    f"{name} must be at most {limits.prompt_bytes} bytes of UTF-8, "
+                    f"got {len(text.encode('utf-8'))}")
+        if not self.prompt.strip():
             raise RequestValidationError("prompt must be a non-empty UTF-8 string")
         for name in ("width", "height"):
-            value = getattr(self, name)
-            if (value % limits.size_multiple or not limits.min_size <= value <= limits.max_size):
+            value, (lo, hi) = getattr(self, name), getattr(limits, name)
+            if value % limits.size_multiple or not lo <= value <= hi:
                 raise RequestValidationError(
-                    f"{name} must be a multiple of {limits.size_multiple} in "
-                    f"[{limits.min_size}, {limits.max_size}], got {value}"
-                )
-        if (self.num_frames - 1) % 4 or not limits.min_frames <= self.num_frames <= limits.max_frames:
+                    f"{name} must be a multiple of {limits.size_multiple} in [{lo}, {hi}], "
+                    f"got {value}")
+        lo, hi = limits.num_frames
+        if (self.num_frames - 1) % 4 or not lo <= self.num_frames <= hi:
             raise RequestValidationError(
-                f"num_frames must be 4k+1 in [{limits.min_frames}, {limits.max_frames}], "
-                f"got {self.num_frames}"
-            )
-        if not limits.min_steps <= self.steps <= limits.max_steps:
+                f"num_frames must be 4k+1 in [{lo}, {hi}], got {self.num_frames}")
+        for name in ("steps", "fps"):
+            value, (lo, hi) = getattr(self, name), getattr(limits, name)
+            if not lo <= value <= hi:
+                raise RequestValidationError(f"{name} must be in [{lo}, {hi}], got {value}")
+        g, (lo, hi) = self.guidance_scale, limits.guidance_scale
+        if not math.isfinite(g) or not lo <= g <= hi:
             raise RequestValidationError(
-                f"steps must be in [{limits.min_steps}, {limits.max_steps}], got {self.steps}"
-            )
-        g = self.guidance_scale
-        if not math.isfinite(g) or not limits.min_guidance <= g <= limits.max_guidance:
-            raise RequestValidationError(
-                f"guidance_scale must be finite in [{limits.min_guidance}, {limits.max_guidance}], "
-                f"got {g}"
-            )
-        if not limits.min_fps <= self.fps <= limits.max_fps:
-            raise RequestValidationError(
-                f"fps must be in [{limits.min_fps}, {limits.max_fps}], got {self.fps}"
-            )
+                f"guidance_scale must be finite in [{lo}, {hi}], got {g}")
         if not -(2**63) <= self.seed < 2**63:
             raise RequestValidationError("seed must fit in INT64")
         return self
+
+    def check_tokens(self, count: int, limits: Limits) -> None:
+        if count > limits.prompt_tokens:
+            raise RequestValidationError(
+                f"prompt is {count} tokens; the text encoder takes at most "
+                f"{limits.prompt_tokens} (including the end token)")

@@ -1,0 +1,132 @@
+"""The serving stages as plain Python, one class or function per Triton model.
+
+No Triton import here: `triton_models.py` adapts these to the Python backend, and the tests
+run them directly.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from t2vserve.media import encode_mp4, qc_metrics
+from t2vserve.pipeline import clean_prompt, decode_latents, to_uint8
+from t2vserve.profile import Profile
+from t2vserve.runners import OnnxRuntimeRunner, Runner
+from t2vserve.schema import GenerationRequest, RequestValidationError
+
+INT_FIELDS = ("width", "height", "num_frames", "fps", "steps")
+REQUEST_INPUTS = ("prompt", "negative_prompt", *INT_FIELDS, "guidance_scale", "seed")
+
+
+def load_manifest(profile: Profile) -> dict:
+    path = profile.artifacts / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run `t2vserve export` for profile {profile.name}")
+    return json.loads(path.read_text())
+
+
+def make_runner(profile: Profile, component: str, graph: str, threads: int = 0) -> Runner:
+    runtime = profile.data["components"][component]["runtime"]
+    if runtime == "onnxruntime":
+        return OnnxRuntimeRunner(profile.artifacts / f"{graph}.onnx", intra_op_threads=threads)
+    raise ValueError(f"components.{component}.runtime {runtime!r} is not available in this "
+                     "build; supported here: onnxruntime")
+
+
+def _scalar(values: dict, name: str):
+    v = values.get(name)
+    if v is None:
+        return None
+    v = np.asarray(v)
+    if v.size != 1:
+        raise RequestValidationError(f"{name} must hold exactly one value, got shape {list(v.shape)}")
+    return v.reshape(-1)[0]
+
+
+def _text(values: dict, name: str) -> str | None:
+    v = _scalar(values, name)
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return v
+    try:
+        return bytes(v).decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestValidationError(f"{name} must be valid UTF-8") from None
+
+
+def parse_request(values: dict, profile: Profile, tokenizer=None) -> GenerationRequest:
+    """Triton input arrays (absent ones None) -> a validated request, defaults from the
+    profile. Raises RequestValidationError naming the allowed range."""
+    fields = dict(profile.defaults)
+    prompt = _text(values, "prompt")
+    if prompt is None:
+        raise RequestValidationError("prompt is required")
+    fields["prompt"] = prompt
+    negative = _text(values, "negative_prompt")
+    if negative is not None:
+        fields["negative_prompt"] = negative
+    for name in INT_FIELDS + ("seed",):
+        v = _scalar(values, name)
+        if v is not None:
+            fields[name] = int(v)
+    g = _scalar(values, "guidance_scale")
+    if g is not None:
+        fields["guidance_scale"] = float(g)
+    request = GenerationRequest(**fields).validate(profile.limits)
+    if tokenizer is not None:
+        for text in (request.prompt, request.negative_prompt):
+            request.check_tokens(len(tokenizer(clean_prompt(text)).input_ids), profile.limits)
+    return request
+
+
+class TextStage:
+    """Prompt pairs -> (N, 2, L, D) embeddings [conditional, unconditional]."""
+
+    def __init__(self, profile: Profile, threads: int = 0):
+        from t2vserve.tokenizer import load_tokenizer
+
+        self.text_len = profile.limits.prompt_tokens
+        self.tokenizer = load_tokenizer(profile.artifacts / "tokenizer")
+        self.runner = make_runner(profile, "text_encoder", "text_encoder", threads)
+
+    def encode(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        texts = [clean_prompt(t) for pair in pairs for t in pair]
+        enc = self.tokenizer(texts, padding="max_length", max_length=self.text_len,
+                             truncation=True, return_attention_mask=True, return_tensors="np")
+        out = self.runner.run({"input_ids": enc["input_ids"].astype(np.int64),
+                               "attention_mask": enc["attention_mask"].astype(np.int64)})
+        embeds = out["prompt_embeds"]
+        return embeds.reshape(len(pairs), 2, *embeds.shape[1:])
+
+
+class VaeStage:
+    """Normalised latents (B, C, T, h, w) -> uint8 frames (B, F, H, W, 3)."""
+
+    def __init__(self, profile: Profile, threads: int = 0):
+        manifest = load_manifest(profile)
+        self.first = make_runner(profile, "vae_decoder", "vae_decode_first", threads)
+        self.step = make_runner(profile, "vae_decoder", "vae_decode_step", threads)
+        self.mean = np.asarray(manifest["latents_mean"], np.float32)
+        self.std = np.asarray(manifest["latents_std"], np.float32)
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        return to_uint8(decode_latents(self.first, self.step, latents, self.mean, self.std))
+
+
+def model_id(manifest: dict) -> str:
+    return f"{manifest['preset']}@{manifest['weight_hash'][:12]}"
+
+
+def finish_video(frames: np.ndarray, fps: int, info: dict) -> tuple[bytes, np.ndarray, bytes]:
+    """uint8 (F, H, W, 3) -> (MP4 bytes, QC metrics, info JSON bytes)."""
+    t0 = time.perf_counter()
+    video = encode_mp4(frames, fps)
+    qc = qc_metrics(frames)
+    info = dict(info)
+    info.setdefault("stages_ms", {})["video_encoder"] = round((time.perf_counter() - t0) * 1e3, 2)
+    info["qc"] = dict(zip(("mean_luma", "black_frame_ratio", "frozen_frame_ratio",
+                           "temporal_flicker"), (round(float(x), 4) for x in qc)))
+    return video, qc, json.dumps(info, ensure_ascii=False).encode("utf-8")

@@ -1,0 +1,221 @@
+"""Triton Python-backend models: thin adapters from Triton tensors to `stages`.
+
+`model_repository/<name>/1/model.py` imports one class from here as TritonPythonModel.
+Every model reads its deployment profile from the `profile` parameter of its config.
+"""
+
+import json
+import time
+from collections import defaultdict
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from t2vserve.pipeline import denoise_loop, initial_noise, latent_shape
+from t2vserve.presets import get_preset
+from t2vserve.profile import load_profile
+from t2vserve.schema import RequestValidationError
+from t2vserve.serve import stages
+
+
+def _setup(args):
+    config = json.loads(args["model_config"])
+    profile = load_profile(config["parameters"]["profile"]["string_value"])
+    threads = int(profile.model(config["name"]).get("threads", 0))
+    return config, profile, threads
+
+
+def _input(request, name):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()
+
+
+def _bytes(value: bytes | str, shape=(1,)) -> np.ndarray:
+    data = value.encode("utf-8") if isinstance(value, str) else value
+    return np.array([data], dtype=np.object_).reshape(shape)
+
+
+def _error(exc: Exception):
+    code = (pb_utils.TritonError.INVALID_ARG if isinstance(exc, RequestValidationError)
+            else pb_utils.TritonError.INTERNAL)
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), code))
+
+
+def _batched(requests, names, run):
+    """Dynamic batching in a Python model: concatenate the requests that share shapes, run
+    once, split the outputs back by each request's batch size."""
+    responses = [None] * len(requests)
+    groups = defaultdict(list)
+    for i, r in enumerate(requests):
+        arrays = [_input(r, n) for n in names]
+        groups[tuple(a.shape[1:] for a in arrays)].append((i, arrays))
+    for members in groups.values():
+        try:
+            batch = [np.concatenate([m[1][k] for m in members]) for k in range(len(names))]
+            outputs = run(*batch)
+            offset = 0
+            for i, arrays in members:
+                n = arrays[0].shape[0]
+                responses[i] = pb_utils.InferenceResponse(
+                    [pb_utils.Tensor(name, np.ascontiguousarray(v[offset:offset + n]))
+                     for name, v in outputs.items()])
+                offset += n
+        except Exception as exc:  # one failing batch fails its own requests only
+            for i, _ in members:
+                responses[i] = _error(exc)
+    return responses
+
+
+class ValidateModel:
+    """Checks every input before any heavy work; fills defaults from the profile."""
+
+    def initialize(self, args):
+        from t2vserve.tokenizer import load_tokenizer
+
+        _, self.profile, _ = _setup(args)
+        self.tokenizer = load_tokenizer(self.profile.artifacts / "tokenizer")
+
+    def execute(self, requests):
+        responses = []
+        for r in requests:
+            try:
+                values = {n: _input(r, n) for n in stages.REQUEST_INPUTS}
+                req = stages.parse_request(values, self.profile, self.tokenizer)
+                params = {**req.__dict__, "accepted_ns": time.time_ns()}
+                responses.append(pb_utils.InferenceResponse([
+                    pb_utils.Tensor("prompt_text", _bytes(req.prompt, (1, 1))),
+                    pb_utils.Tensor("negative_text", _bytes(req.negative_prompt, (1, 1))),
+                    pb_utils.Tensor("request_json", _bytes(json.dumps(params, ensure_ascii=False))),
+                ]))
+            except Exception as exc:
+                responses.append(_error(exc))
+        return responses
+
+
+class TextEncoderModel:
+    def initialize(self, args):
+        _, profile, threads = _setup(args)
+        self.stage = stages.TextStage(profile, threads)
+
+    def execute(self, requests):
+        def run(prompts, negatives):
+            t0 = time.perf_counter()
+            embeds = self.stage.encode([(p[0].decode("utf-8"), n[0].decode("utf-8"))
+                                        for p, n in zip(prompts, negatives)])
+            info = json.dumps({"ms": round((time.perf_counter() - t0) * 1e3, 2),
+                               "computed_ns": time.time_ns()})
+            return {"prompt_embeds": embeds,
+                    "text_info": np.array([[info.encode()]] * len(prompts), dtype=np.object_)}
+        return _batched(requests, ["prompt_text", "negative_text"], run)
+
+
+class DitModel:
+    def initialize(self, args):
+        _, profile, threads = _setup(args)
+        self.runner = stages.make_runner(profile, "dit", "dit", threads)
+
+    def execute(self, requests):
+        def run(latents, timestep, prompt_embeds):
+            return self.runner.run({"latents": latents, "timestep": timestep.reshape(-1),
+                                    "prompt_embeds": prompt_embeds})
+        return _batched(requests, ["latents", "timestep", "prompt_embeds"], run)
+
+
+class BlsDit:
+    """The `dit` model called through BLS, behind the runner interface the loop uses."""
+    input_names = ["latents", "timestep", "prompt_embeds"]
+    output_names = ["noise_pred"]
+
+    def __init__(self):
+        self.calls = 0
+
+    def run(self, inputs):
+        request = pb_utils.InferenceRequest(
+            model_name="dit", requested_output_names=["noise_pred"],
+            inputs=[pb_utils.Tensor("latents", inputs["latents"]),
+                    pb_utils.Tensor("timestep", inputs["timestep"].reshape(-1, 1)),
+                    pb_utils.Tensor("prompt_embeds", inputs["prompt_embeds"])])
+        response = request.exec()
+        self.calls += 1
+        if response.has_error():
+            raise RuntimeError(f"dit: {response.error().message()}")
+        return {"noise_pred": pb_utils.get_output_tensor_by_name(response, "noise_pred").as_numpy()}
+
+
+class DenoiseModel:
+    """The scheduler loop: one request per execution; many instances run side by side and
+    their per-step `dit` calls meet in dit's dynamic batcher (step-level batching)."""
+
+    def initialize(self, args):
+        _, profile, _ = _setup(args)
+        self.preset = get_preset(profile.data["model"]["preset"])
+        self.scheduler = profile.data["model"]["scheduler"]
+
+    def execute(self, requests):
+        return [self._one(r) for r in requests]
+
+    def _one(self, r):
+        try:
+            params = json.loads(_input(r, "request_json").reshape(-1)[0])
+            text = json.loads(_input(r, "text_info").reshape(-1)[0])
+            embeds = _input(r, "prompt_embeds").reshape(2, *_input(r, "prompt_embeds").shape[-2:])
+            guidance = params["guidance_scale"]
+            if guidance <= 1.0:  # no unconditional pass, as WanPipeline
+                embeds = embeds[:1]
+            t0 = time.perf_counter()
+            shape = latent_shape(self.preset, params["width"], params["height"], params["num_frames"])
+            dit = BlsDit()
+            latents = denoise_loop(dit, initial_noise(shape, params["seed"]), embeds,
+                                   params["steps"], guidance, scheduler=self.scheduler,
+                                   shift=self.preset.flow_shift)
+            info = {"stages_ms": {"text_encoder": text["ms"],
+                                  "denoise": round((time.perf_counter() - t0) * 1e3, 2)},
+                    # computed before this request was accepted: served from the cache
+                    "cache_hit": text["computed_ns"] < params["accepted_ns"],
+                    "dit_calls": dit.calls}
+            return pb_utils.InferenceResponse([
+                pb_utils.Tensor("latents", latents.astype(np.float32)),
+                pb_utils.Tensor("denoise_info", _bytes(json.dumps(info)))])
+        except Exception as exc:
+            return _error(exc)
+
+
+class VaeDecoderModel:
+    def initialize(self, args):
+        _, profile, threads = _setup(args)
+        self.stage = stages.VaeStage(profile, threads)
+
+    def execute(self, requests):
+        def run(latents):
+            t0 = time.perf_counter()
+            frames = self.stage.decode(latents)
+            ms = np.full((len(latents), 1), (time.perf_counter() - t0) * 1e3, np.float32)
+            return {"frames": frames, "vae_ms": ms}
+        return _batched(requests, ["latents"], run)
+
+
+class VideoEncoderModel:
+    def initialize(self, args):
+        _, profile, _ = _setup(args)
+        self.model_id = stages.model_id(stages.load_manifest(profile))
+
+    def execute(self, requests):
+        responses = []
+        for r in requests:
+            try:
+                params = json.loads(_input(r, "request_json").reshape(-1)[0])
+                info = json.loads(_input(r, "denoise_info").reshape(-1)[0])
+                info["model"] = self.model_id
+                info["stages_ms"]["vae_decoder"] = round(float(_input(r, "vae_ms").reshape(-1)[0]), 2)
+                info["request"] = {k: params[k] for k in ("width", "height", "num_frames", "fps",
+                                                          "steps", "guidance_scale", "seed")}
+                frames = _input(r, "frames")
+                video, qc, info_json = stages.finish_video(frames.reshape(frames.shape[-4:]),
+                                                           params["fps"], info)
+                responses.append(pb_utils.InferenceResponse([
+                    pb_utils.Tensor("video", _bytes(video)),
+                    pb_utils.Tensor("qc", qc),
+                    pb_utils.Tensor("info", _bytes(info_json))]))
+            except Exception as exc:
+                responses.append(_error(exc))
+        return responses
