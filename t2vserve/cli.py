@@ -93,6 +93,49 @@ def _run(args) -> int:
     return 0
 
 
+def _ensure_artifacts(profile) -> None:
+    from t2vserve.export.onnx_export import export_preset
+    from t2vserve.presets import build_components
+
+    if (profile.artifacts / "manifest.json").exists():
+        return
+    model = profile.data["model"]
+    precision = profile.data["components"]["dit"]["precision"]
+    print(f"{profile.artifacts} is missing: exporting preset {model['preset']} ({precision})",
+          flush=True)
+    comps = build_components(model["preset"], checkpoint=profile.resolve(model.get("checkpoint")))
+    export_preset(comps, profile.artifacts, precision=precision)
+
+
+def _repo_build(args) -> int:
+    from t2vserve.profile import load_profile
+    from t2vserve.serve.repository import render_repository
+
+    profile = load_profile(args.profile)
+    _ensure_artifacts(profile)
+    out = render_repository(profile, args.out)
+    print(f"rendered {out} for profile {profile.name} (artifacts: {profile.artifacts})")
+    return 0
+
+
+def _serve(args) -> int:
+    from t2vserve.profile import load_profile
+    from t2vserve.serve.repository import render_repository
+    from t2vserve.serve.server import ServerConfig, run_foreground
+
+    profile = load_profile(args.profile)
+    _ensure_artifacts(profile)
+    repo = render_repository(profile, args.repo)
+    overrides = {k: v for k, v in (("address", args.address), ("http_port", args.http_port),
+                                   ("grpc_port", args.grpc_port),
+                                   ("metrics_port", args.metrics_port)) if v is not None}
+    cfg = ServerConfig.from_profile(profile, repo, **overrides)
+    print(f"serving profile {profile.name}: gRPC {cfg.address}:{cfg.grpc_port}, HTTP "
+          f"{cfg.address}:{cfg.http_port}, metrics {cfg.address}:{cfg.metrics_port} "
+          "(Ctrl-C stops)", flush=True)
+    return run_foreground(cfg)
+
+
 def _preset_size(preset) -> dict:
     d = preset.defaults
     return {k: d[k] for k in ("width", "height", "num_frames", "guidance_scale")}
@@ -132,6 +175,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scheduler", choices=["unipc", "euler"], default="unipc")
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("repo", help="Triton model repository")
+    repo = p.add_subparsers(dest="repo_command", required=True)
+    b = repo.add_parser("build", help="render model_repository/ templates for a profile")
+    b.add_argument("--profile", default="profiles/cpu-tiny.yaml")
+    b.add_argument("--out", default="build/model_repository")
+    b.set_defaults(func=_repo_build)
+
+    p = sub.add_parser("serve", help="export if needed, render the repository, run tritonserver "
+                                     "in the foreground")
+    p.add_argument("--profile", default="profiles/cpu-tiny.yaml")
+    p.add_argument("--repo", default="build/model_repository")
+    p.add_argument("--address", help="bind address (default: the profile's, 127.0.0.1)")
+    p.add_argument("--http-port", type=int)
+    p.add_argument("--grpc-port", type=int)
+    p.add_argument("--metrics-port", type=int)
+    p.set_defaults(func=_serve)
     return parser
 
 

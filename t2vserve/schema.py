@@ -24,7 +24,7 @@ class Limits:
     guidance_scale: tuple[float, float] = (1.0, 20.0)
     fps: tuple[int, int] = (8, 30)
     prompt_bytes: int = 4096
-    prompt_tokens: int = 64
+    prompt_tokens: int = 128
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,8 @@ class GenerationRequest:
             raise RequestValidationError("seed must fit in INT64")
         return self
 
-    def check_tokens(self, count: int, limits: Limits) -> None:
+    def check_tokens(self, name: str, count: int, limits: Limits) -> None:
         if count > limits.prompt_tokens:
             raise RequestValidationError(
-                f"prompt is {count} tokens; the text encoder takes at most "
+                f"{name} is {count} tokens; the text encoder takes at most "
                 f"{limits.prompt_tokens} (including the end token)")

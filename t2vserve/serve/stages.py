@@ -77,8 +77,9 @@ def parse_request(values: dict, profile: Profile, tokenizer=None) -> GenerationR
         fields["guidance_scale"] = float(g)
     request = GenerationRequest(**fields).validate(profile.limits)
     if tokenizer is not None:
-        for text in (request.prompt, request.negative_prompt):
-            request.check_tokens(len(tokenizer(clean_prompt(text)).input_ids), profile.limits)
+        for name in ("prompt", "negative_prompt"):
+            count = len(tokenizer(clean_prompt(getattr(request, name))).input_ids)
+            request.check_tokens(name, count, profile.limits)
     return request
 
 
@@ -88,7 +89,8 @@ class TextStage:
     def __init__(self, profile: Profile, threads: int = 0):
         from t2vserve.tokenizer import load_tokenizer
 
-        self.text_len = profile.limits.prompt_tokens
+        # pad to the preset's context, as the reference pipeline does (same embeddings)
+        self.text_len = load_manifest(profile)["text_len"]
         self.tokenizer = load_tokenizer(profile.artifacts / "tokenizer")
         self.runner = make_runner(profile, "text_encoder", "text_encoder", threads)
 

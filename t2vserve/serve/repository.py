@@ -1,0 +1,80 @@
+"""Render `model_repository/` templates for a deployment profile (`t2vserve repo build`).
+
+Templates use `${dotted.key}` placeholders, filled from the profile plus values derived from
+the exported artifacts. A key that does not exist is an error, and so is any `${` left in a
+rendered file: nothing is substituted silently or left behind.
+"""
+
+import re
+import shutil
+from pathlib import Path
+
+from t2vserve.profile import Profile
+from t2vserve.serve.stages import load_manifest
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "model_repository"
+MODELS = ("validate", "text_encoder", "denoise", "dit", "vae_decoder", "video_encoder", "t2v")
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_.]+)\}")
+
+
+class RenderError(ValueError):
+    pass
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        elif isinstance(value, bool):
+            out[name] = "true" if value else "false"
+        elif value is not None:
+            out[name] = str(value)
+    return out
+
+
+def render(text: str, values: dict[str, str], source: str = "template") -> str:
+    missing = sorted({m for m in _PLACEHOLDER.findall(text) if m not in values})
+    if missing:
+        raise RenderError(f"{source}: no value for {', '.join('${' + m + '}' for m in missing)}")
+    out = _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
+    if "${" in out:
+        raise RenderError(f"{source}: a malformed placeholder survived rendering")
+    return out
+
+
+def template_values(profile: Profile) -> dict[str, str]:
+    manifest = load_manifest(profile)
+    if profile.limits.prompt_tokens > manifest["text_len"]:
+        raise RenderError(f"limits.prompt_tokens {profile.limits.prompt_tokens} exceeds the "
+                          f"model's text length {manifest['text_len']}")
+    text = manifest["graphs"]["text_encoder"]["outputs"][0]["shape"]
+    values = flatten(profile.data)
+    values.update({
+        "profile_path": str(profile.path.resolve()),
+        "derived.text_dim": str(text[-1]),
+        "derived.text_len": str(manifest["text_len"]),
+        "derived.latent_channels": str(manifest["latent_channels"]),
+        "derived.qc_size": "4",
+    })
+    return values
+
+
+def render_repository(profile: Profile, out: str | Path, templates: Path = TEMPLATES) -> Path:
+    out = Path(out)
+    values = template_values(profile)
+    if out.exists():
+        shutil.rmtree(out)
+    for model in MODELS:
+        src = templates / model
+        if not (src / "config.pbtxt").exists():
+            raise RenderError(f"missing template {src / 'config.pbtxt'}")
+        dst = out / model
+        dst.mkdir(parents=True)
+        config = render((src / "config.pbtxt").read_text(), values, str(src / "config.pbtxt"))
+        (dst / "config.pbtxt").write_text(config)
+        (dst / "1").mkdir()
+        if (src / "1" / "model.py").exists():
+            shutil.copy2(src / "1" / "model.py", dst / "1" / "model.py")
+    return out

@@ -1,0 +1,142 @@
+"""Start tritonserver (the binary inside the nvidia-pytriton wheel) for a rendered repository.
+
+CPU-only machines: Python backend only; the stub for this Python version is copied next to
+the backend once; the venv's bin/ goes first on PATH so the stub imports the venv's packages.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from t2vserve.profile import Profile
+
+
+def triton_home() -> Path:
+    import pytriton
+
+    home = Path(pytriton.__file__).parent / "tritonserver"
+    if not (home / "bin" / "tritonserver").exists():
+        raise FileNotFoundError(f"tritonserver not found under {home}: run `make setup`")
+    return home
+
+
+def ensure_python_stub(home: Path) -> None:
+    target = home / "backends" / "python" / "triton_python_backend_stub"
+    if not target.exists():
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        source = home / "python_backend_stubs" / version / "triton_python_backend_stub"
+        if not source.exists():
+            raise FileNotFoundError(f"no Python backend stub for Python {version} in {source.parent}")
+        shutil.copy2(source, target)
+
+
+@dataclass
+class ServerConfig:
+    repository: Path
+    address: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    cache_bytes: int = 64 << 20
+    exit_timeout_s: int = 30
+    log_verbose: int = 0
+    extra_args: tuple = ()
+
+    @classmethod
+    def from_profile(cls, profile: Profile, repository: Path, **overrides) -> "ServerConfig":
+        s = profile.data["server"]
+        values = dict(address=s["address"], http_port=s["http_port"], grpc_port=s["grpc_port"],
+                      metrics_port=s["metrics_port"], cache_bytes=profile.data["cache"]["size_bytes"])
+        values.update(overrides)
+        return cls(repository=Path(repository), **values)
+
+
+def _libpython_dir() -> str | None:
+    """The stub embeds whatever libpython3.X.so the loader finds first (here Debian's 3.11.2)
+    but imports the venv's stdlib extension modules, built against this interpreter (e.g.
+    pyenv 3.11.7: `_ssl` then fails on a missing symbol). Put this interpreter's shared
+    libpython first so both agree."""
+    libdir = sysconfig.get_config_var("LIBDIR")
+    name = f"libpython{sys.version_info.major}.{sys.version_info.minor}.so.1.0"
+    return libdir if libdir and (Path(libdir) / name).exists() else None
+
+
+def command(cfg: ServerConfig) -> tuple[list[str], dict]:
+    home = triton_home()
+    ensure_python_stub(home)
+    args = [
+        str(home / "bin" / "tritonserver"),
+        f"--model-repository={cfg.repository.resolve()}",
+        f"--backend-directory={home / 'backends'}",
+        f"--cache-directory={home / 'caches'}",
+        f"--http-address={cfg.address}", f"--http-port={cfg.http_port}",
+        f"--grpc-address={cfg.address}", f"--grpc-port={cfg.grpc_port}",
+        f"--metrics-address={cfg.address}", f"--metrics-port={cfg.metrics_port}",
+        f"--cache-config=local,size={cfg.cache_bytes}",
+        f"--exit-timeout-secs={cfg.exit_timeout_s}",
+        f"--log-verbose={cfg.log_verbose}",
+        "--allow-gpu-metrics=false", "--allow-cpu-metrics=true",
+        "--strict-readiness=true",
+        *cfg.extra_args,
+    ]
+    site = Path(home).parent.parent  # site-packages
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        p for p in (_libpython_dir(), str(site / "nvidia_pytriton.libs"),
+                    env.get("LD_LIBRARY_PATH")) if p)
+    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return args, env
+
+
+def wait_ready(cfg: ServerConfig, proc: subprocess.Popen | None = None,
+               timeout_s: float = 180.0) -> None:
+    url = f"http://{cfg.address}:{cfg.http_port}/v2/health/ready"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"tritonserver exited with code {proc.returncode} before ready")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"tritonserver not ready at {url} after {timeout_s:.0f} s")
+
+
+def start(cfg: ServerConfig, log_path: Path | None = None) -> subprocess.Popen:
+    args, env = command(cfg)
+    out = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def stop(proc: subprocess.Popen, timeout_s: float = 60.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def run_foreground(cfg: ServerConfig) -> int:
+    """Run until Ctrl-C / SIGTERM, passing the signal on so Triton drains and exits."""
+    args, env = command(cfg)
+    proc = subprocess.Popen(args, env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        print("\nstopping tritonserver ...", flush=True)
+        return stop(proc)
