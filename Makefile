@@ -8,7 +8,7 @@ STAMP := $(VENV)/.setup-done
 PRESET ?= tiny
 ARTIFACTS := build/artifacts/$(PRESET)
 
-.PHONY: setup test test-fast serve export check clean
+.PHONY: setup test test-fast serve demo repo export check clean
 
 setup: $(STAMP)
 
@@ -42,8 +42,17 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-serve: $(ARTIFACTS)/manifest.json
-	$(VENV)/bin/t2vserve run --artifacts $(ARTIFACTS) --out-dir build/serve
+PROFILE ?= profiles/cpu-tiny.yaml
+
+repo: $(STAMP)
+	$(VENV)/bin/t2vserve repo build --profile $(PROFILE) --out build/model_repository
+
+# tritonserver in the foreground on 127.0.0.1 (HTTP 8000, gRPC 8001, metrics 8002); Ctrl-C stops.
+serve: $(STAMP)
+	$(VENV)/bin/t2vserve serve --profile $(PROFILE) --repo build/model_repository
+
+demo: $(STAMP)
+	$(VENV)/bin/t2vserve demo --profile $(PROFILE) --repo build/model_repository --out-dir build/demo
 
 clean:
 	rm -rf build

@@ -136,6 +136,45 @@ def _serve(args) -> int:
     return run_foreground(cfg)
 
 
+def _demo(args) -> int:
+    from pathlib import Path
+
+    from t2vserve.client import T2VClient
+    from t2vserve.profile import load_profile
+    from t2vserve.serve.repository import render_repository
+    from t2vserve.serve.server import ServerConfig, start, stop, wait_ready
+    from t2vserve.text_corpus import BRIEF_PROMPTS
+
+    profile = load_profile(args.profile)
+    _ensure_artifacts(profile)
+    repo = render_repository(profile, args.repo)
+    cfg = ServerConfig.from_profile(profile, repo)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = out_dir / "tritonserver.log"
+    print(f"starting tritonserver (gRPC {cfg.address}:{cfg.grpc_port}, log {log}) ...", flush=True)
+    proc = start(cfg, log)
+    try:
+        wait_ready(cfg, proc)
+        client = T2VClient(f"{cfg.address}:{cfg.grpc_port}")
+        for i, prompt in enumerate(args.prompt or BRIEF_PROMPTS):
+            t0 = time.perf_counter()
+            video = client.generate(prompt, seed=args.seed + i)
+            path = out_dir / f"demo_{i:02d}.mp4"
+            path.write_bytes(video.mp4)
+            print(f"{path}  ({time.perf_counter() - t0:.1f} s, {len(video.mp4)} bytes, "
+                  f"stages {video.info['stages_ms']})  <- {prompt}", flush=True)
+        client.close()
+    except Exception as exc:
+        print(f"demo failed: {exc}\n--- server log tail ---\n"
+              f"{log.read_bytes()[-3000:].decode('utf-8', 'replace')}", file=sys.stderr)
+        return 1
+    finally:
+        stop(proc)
+    print(f"wrote the demo clips to {out_dir}/")
+    return 0
+
+
 def _preset_size(preset) -> dict:
     d = preset.defaults
     return {k: d[k] for k in ("width", "height", "num_frames", "guidance_scale")}
@@ -192,6 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-port", type=int)
     p.add_argument("--metrics-port", type=int)
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("demo", help="start the server, generate the example product clips "
+                                    "through the gRPC client, stop the server")
+    p.add_argument("prompt", nargs="*", help="prompts (default: the brief's two examples)")
+    p.add_argument("--profile", default="profiles/cpu-tiny.yaml")
+    p.add_argument("--repo", default="build/model_repository")
+    p.add_argument("--out-dir", default="build/demo")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_demo)
     return parser
 
 

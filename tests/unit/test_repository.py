@@ -1,0 +1,66 @@
+"""`t2vserve repo build`: every placeholder filled from the profile, a missing key an error."""
+
+import json
+import re
+
+import pytest
+import yaml
+
+from t2vserve.profile import ProfileError, load_profile
+from t2vserve.serve.repository import MODELS, RenderError, render, render_repository
+
+PROJECT_PROFILE = "profiles/cpu-tiny.yaml"
+
+
+@pytest.fixture
+def profile(tmp_path):
+    """cpu-tiny pointed at a folder holding just the manifest fields rendering reads."""
+    art = tmp_path / "artifacts"
+    art.mkdir()
+    (art / "manifest.json").write_text(json.dumps({
+        "text_len": 128, "latent_channels": 48,
+        "graphs": {"text_encoder": {"outputs": [{"name": "prompt_embeds",
+                                                 "shape": ["batch", "text_len", 32]}]}}}))
+    data = yaml.safe_load(open(PROJECT_PROFILE))
+    data["model"]["artifacts"] = str(art)
+    path = tmp_path / "profiles" / "p.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(data))
+    return load_profile(path)
+
+
+def test_renders_every_model_with_no_placeholder_left(profile, tmp_path):
+    repo = render_repository(profile, tmp_path / "repo")
+    for model in MODELS:
+        text = (repo / model / "config.pbtxt").read_text()
+        assert "${" not in text, model
+        assert f'name: "{model}"' in text
+    dit = (repo / "dit" / "config.pbtxt").read_text()
+    assert "max_batch_size: 16" in dit and "max_queue_delay_microseconds: 4000" in dit
+    assert "dims: [ 128, 32 ]" in dit
+    assert re.search(r"count: 8 ", (repo / "denoise" / "config.pbtxt").read_text())
+    assert "response_cache { enable: true }" in (repo / "text_encoder" / "config.pbtxt").read_text()
+    assert str(profile.path.resolve()) in (repo / "validate" / "config.pbtxt").read_text()
+    assert (repo / "denoise" / "1" / "model.py").exists()
+
+
+def test_a_missing_key_is_an_error_not_a_blank():
+    with pytest.raises(RenderError, match=r"no value for \$\{models.dit.typo\}"):
+        render("max_batch_size: ${models.dit.typo}", {"models.dit.max_batch_size": "8"})
+    assert render("a: ${x}", {"x": "1"}) == "a: 1"
+
+
+def test_profile_missing_keys_are_named(tmp_path):
+    data = yaml.safe_load(open(PROJECT_PROFILE))
+    del data["models"]["dit"]
+    del data["queue"]["max_queue_size"]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ProfileError, match="models.dit.*queue.max_queue_size"):
+        load_profile(path)
+
+
+def test_prompt_token_limit_cannot_exceed_the_model(profile, tmp_path):
+    profile.data["limits"]["prompt_tokens"] = 512
+    with pytest.raises(RenderError, match="prompt_tokens 512 exceeds"):
+        render_repository(profile, tmp_path / "repo")
