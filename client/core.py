@@ -1,12 +1,23 @@
-"""The thin gRPC client: one call, `generate`, over Triton's `t2v` ensemble. No model logic."""
+"""The thin gRPC client over Triton's `t2v` ensemble: sync and asyncio. No model logic.
 
+Deadlines are client-side (`timeout`, seconds); retries happen only on errors that mean
+"try again" (queue full / server unavailable), with jittered exponential backoff, and reuse
+the same request id so a retry is the same request. INVALID_ARG is never retried.
+"""
+
+import asyncio
+import hashlib
 import json
+import random
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 MODEL = "t2v"
 INT32_INPUTS = ("width", "height", "num_frames", "fps", "steps")
+QC_NAMES = ("mean_luma", "black_frame_ratio", "frozen_frame_ratio", "temporal_flicker")
+RETRYABLE = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED"})
 
 
 @dataclass(frozen=True)
@@ -23,11 +34,55 @@ class T2VError(Exception):
         super().__init__(f"{status}: {message}")
         self.status, self.message = status, message
 
+    @property
+    def retryable(self) -> bool:
+        return self.status in RETRYABLE
 
-QC_NAMES = ("mean_luma", "black_frame_ratio", "frozen_frame_ratio", "temporal_flicker")
+
+class T2VDeadlineError(T2VError):
+    """The client-side deadline passed before the video came back."""
 
 
-def build_inputs(grpcclient, prompt: str, **params):
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 4          # tries in all, the first included
+    base_delay_s: float = 0.5
+    max_delay_s: float = 8.0
+
+    def delay(self, attempt: int, rng=random) -> float:
+        # "full jitter": spreads the retries of many clients hit by the same full queue
+        return rng.uniform(0, min(self.max_delay_s, self.base_delay_s * 2 ** attempt))
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+def frames_for(duration: float, fps: int) -> int:
+    """The valid frame count (4k+1) nearest to duration x fps: 3 s at 24 fps -> 73."""
+    if not duration > 0 or not fps > 0:
+        raise ValueError(f"duration and fps must be positive, got {duration} s at {fps} fps")
+    return 4 * max(0, round((duration * fps - 1) / 4)) + 1
+
+
+def request_params(*, width=None, height=None, duration=None, num_frames=None, fps=None,
+                   steps=None, guidance_scale=None, seed=None, negative_prompt=None) -> dict:
+    if duration is not None and num_frames is not None:
+        raise ValueError("give duration or num_frames, not both")
+    if duration is not None:
+        if fps is None:
+            raise ValueError("duration needs fps (frames = nearest 4k+1 to duration x fps)")
+        num_frames = frames_for(duration, fps)
+    return dict(width=width, height=height, num_frames=num_frames, fps=fps, steps=steps,
+                guidance_scale=guidance_scale, seed=seed, negative_prompt=negative_prompt)
+
+
+def idempotency_key(prompt: str, params: dict) -> str:
+    """A request id derived from what is asked: the same request gets the same id."""
+    blob = json.dumps({"prompt": prompt, **params}, sort_keys=True, ensure_ascii=False)
+    return "t2v-" + hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
+
+
+def build_inputs(grpcclient, prompt: str, params: dict):
     """Triton InferInput list for `t2v`; parameters left as None are not sent (the server's
     profile supplies defaults)."""
     def tensor(name, array, dtype):
@@ -56,31 +111,107 @@ def parse_result(result) -> Video:
     return Video(mp4=bytes(mp4), qc=dict(zip(QC_NAMES, map(float, qc))), info=info)
 
 
-class T2VClient:
+def to_error(exc) -> T2VError:
+    status = (exc.status() or "UNKNOWN").removeprefix("StatusCode.")
+    message = exc.message() or str(exc)
+    if status == "DEADLINE_EXCEEDED":
+        return T2VDeadlineError(status, f"no video within the client deadline ({message})")
+    return T2VError(status, message)
+
+
+class _Base:
+    def __init__(self, url: str, retry: RetryPolicy, grpc_module):
+        self.url, self.retry, self._grpc = url, retry, grpc_module
+
+    def _prepare(self, prompt, request_id, kwargs):
+        if not isinstance(prompt, str):
+            raise TypeError("prompt must be a str")
+        params = request_params(**kwargs)
+        rid = request_id or idempotency_key(prompt, params)
+        outputs = [self._grpc.InferRequestedOutput(n) for n in ("video", "qc", "info")]
+        return build_inputs(self._grpc, prompt, params), outputs, rid
+
+
+class T2VClient(_Base):
     """Synchronous client. `url` is host:port of Triton's gRPC endpoint."""
 
-    def __init__(self, url: str = "127.0.0.1:8001"):
+    def __init__(self, url: str = "127.0.0.1:8001", *, retry: RetryPolicy = RetryPolicy()):
         import tritonclient.grpc as grpcclient
 
-        self._grpc = grpcclient
+        super().__init__(url, retry, grpcclient)
         self.client = grpcclient.InferenceServerClient(url=url)
 
-    def generate(self, prompt: str, *, negative_prompt=None, width=None, height=None,
-                 num_frames=None, fps=None, steps=None, guidance_scale=None, seed=None,
-                 timeout: float | None = None, request_id: str = "") -> Video:
+    def generate(self, prompt: str, *, priority: int = 0, timeout: float | None = None,
+                 request_id: str | None = None, **kwargs) -> Video:
+        """kwargs: width, height, duration | num_frames, fps, steps, guidance_scale, seed,
+        negative_prompt. `timeout` is the whole call's deadline in seconds, retries included."""
         from tritonclient.utils import InferenceServerException
 
-        inputs = build_inputs(self._grpc, prompt, negative_prompt=negative_prompt, width=width,
-                              height=height, num_frames=num_frames, fps=fps, steps=steps,
-                              guidance_scale=guidance_scale, seed=seed)
-        outputs = [self._grpc.InferRequestedOutput(n) for n in ("video", "qc", "info")]
-        try:
-            result = self.client.infer(MODEL, inputs, outputs=outputs, request_id=request_id,
-                                       client_timeout=timeout)
-        except InferenceServerException as exc:
-            status = (exc.status() or "UNKNOWN").removeprefix("StatusCode.")
-            raise T2VError(status, exc.message()) from exc
-        return parse_result(result)
+        inputs, outputs, rid = self._prepare(prompt, request_id, kwargs)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for attempt in range(self.retry.attempts):
+            left = None if deadline is None else max(deadline - time.monotonic(), 1e-3)
+            try:
+                result = self.client.infer(MODEL, inputs, outputs=outputs, request_id=rid,
+                                           priority=priority, client_timeout=left)
+                return parse_result(result)
+            except InferenceServerException as exc:
+                err = to_error(exc)
+                if not err.retryable or attempt + 1 == self.retry.attempts:
+                    raise err from exc
+                pause = self.retry.delay(attempt)
+                if deadline is not None and time.monotonic() + pause >= deadline:
+                    raise err from exc
+                time.sleep(pause)
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         self.client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class AsyncT2VClient(_Base):
+    """asyncio client. Cancelling the awaiting task cancels the gRPC call, and Triton
+    cancels the request (the denoising loop stops at its next step)."""
+
+    def __init__(self, url: str = "127.0.0.1:8001", *, retry: RetryPolicy = RetryPolicy()):
+        import tritonclient.grpc.aio as aioclient
+
+        super().__init__(url, retry, aioclient)
+        self.client = aioclient.InferenceServerClient(url=url)
+
+    async def generate(self, prompt: str, *, priority: int = 0, timeout: float | None = None,
+                       request_id: str | None = None, **kwargs) -> Video:
+        from tritonclient.utils import InferenceServerException
+
+        inputs, outputs, rid = self._prepare(prompt, request_id, kwargs)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for attempt in range(self.retry.attempts):
+            left = None if deadline is None else max(deadline - time.monotonic(), 1e-3)
+            try:
+                result = await self.client.infer(MODEL, inputs, outputs=outputs, request_id=rid,
+                                                 priority=priority, client_timeout=left)
+                return parse_result(result)
+            except InferenceServerException as exc:
+                err = to_error(exc)
+                if not err.retryable or attempt + 1 == self.retry.attempts:
+                    raise err from exc
+                pause = self.retry.delay(attempt)
+                if deadline is not None and time.monotonic() + pause >= deadline:
+                    raise err from exc
+                await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()

@@ -240,16 +240,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="build/demo")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)
+
+    from t2vserve.client.commands import register as register_client_commands
+
+    register_client_commands(sub)
     return parser
 
 
 def main(argv=None) -> int:
+    from t2vserve.client.core import T2VError
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("t2vserve").setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
+    except (ValueError, FileNotFoundError, KeyError, T2VError) as exc:
         print(f"t2vserve {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

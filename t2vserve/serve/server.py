@@ -84,6 +84,10 @@ def command(cfg: ServerConfig) -> tuple[list[str], dict]:
         f"--log-verbose={cfg.log_verbose}",
         "--allow-gpu-metrics=false", "--allow-cpu-metrics=true",
         "--strict-readiness=true",
+        # each Python stub talks to the server through its own /dev/shm region: start at
+        # 16 MB and grow in 64 MB steps, so a full-size clip's frames fit in a few steps
+        "--backend-config=python,shm-default-byte-size=16777216",
+        "--backend-config=python,shm-growth-byte-size=67108864",
         *cfg.extra_args,
     ]
     site = Path(home).parent.parent  # site-packages

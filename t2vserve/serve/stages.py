@@ -6,7 +6,6 @@ run them directly.
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -27,12 +26,41 @@ def load_manifest(profile: Profile) -> dict:
     return json.loads(path.read_text())
 
 
+RUNTIMES = ("onnxruntime", "torch")
+
+
 def make_runner(profile: Profile, component: str, graph: str, threads: int = 0) -> Runner:
+    """The runner the profile asks for, for one graph of one component."""
     runtime = profile.data["components"][component]["runtime"]
     if runtime == "onnxruntime":
         return OnnxRuntimeRunner(profile.artifacts / f"{graph}.onnx", intra_op_threads=threads)
+    if runtime == "torch":
+        return _torch_runners(profile, threads)[graph]
     raise ValueError(f"components.{component}.runtime {runtime!r} is not available in this "
-                     "build; supported here: onnxruntime")
+                     f"build; supported: {', '.join(RUNTIMES)}")
+
+
+_TORCH = {}
+
+
+def _torch_runners(profile: Profile, threads: int) -> dict:
+    """Eager torch over the export wrappers (the same forward the graphs were exported from)."""
+    key = str(profile.path)
+    if key not in _TORCH:
+        import torch
+
+        from t2vserve.pipeline import Pipeline
+        from t2vserve.presets import build_components
+
+        if threads:
+            torch.set_num_threads(threads)
+        model = profile.data["model"]
+        comps = build_components(model["preset"], checkpoint=profile.resolve(model.get("checkpoint")))
+        pipe = Pipeline.from_components(comps)
+        _TORCH[key] = {"text_encoder": pipe.text_encoder, "dit": pipe.dit,
+                       "vae_decode_first": pipe.vae_decode_first,
+                       "vae_decode_step": pipe.vae_decode_step}
+    return _TORCH[key]
 
 
 def _scalar(values: dict, name: str):

@@ -35,9 +35,17 @@ def _bytes(value: bytes | str, shape=(1,)) -> np.ndarray:
     return np.array([data], dtype=np.object_).reshape(shape)
 
 
+class RequestCancelled(Exception):
+    pass
+
+
 def _error(exc: Exception):
-    code = (pb_utils.TritonError.INVALID_ARG if isinstance(exc, RequestValidationError)
-            else pb_utils.TritonError.INTERNAL)
+    if isinstance(exc, RequestValidationError):
+        code = pb_utils.TritonError.INVALID_ARG
+    elif isinstance(exc, RequestCancelled):
+        code = pb_utils.TritonError.CANCELLED
+    else:
+        code = pb_utils.TritonError.INTERNAL
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), code))
 
 
@@ -165,9 +173,15 @@ class DenoiseModel:
             t0 = time.perf_counter()
             shape = latent_shape(self.preset, params["width"], params["height"], params["num_frames"])
             dit = BlsDit()
+
+            def stop_if_cancelled(i, t, latents):
+                # checked after every step: a cancelled request makes no further dit call
+                if r.is_cancelled():
+                    raise RequestCancelled(f"request cancelled after step {i + 1}/{params['steps']}")
+
             latents = denoise_loop(dit, initial_noise(shape, params["seed"]), embeds,
                                    params["steps"], guidance, scheduler=self.scheduler,
-                                   shift=self.preset.flow_shift)
+                                   shift=self.preset.flow_shift, callback=stop_if_cancelled)
             info = {"stages_ms": {"text_encoder": text["ms"],
                                   "denoise": round((time.perf_counter() - t0) * 1e3, 2)},
                     # computed before this request was accepted: served from the cache

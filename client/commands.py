@@ -1,0 +1,98 @@
+"""Client-side commands of the `t2vserve` CLI: generate, batch, gateway."""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_URL = "127.0.0.1:8001"
+
+
+def _generate(args) -> int:
+    from t2vserve.client.core import T2VClient
+    from t2vserve.client.listing import listing_to_prompt
+
+    if (args.prompt is None) == (args.product is None):
+        print("t2vserve generate: give a prompt or --product listing.json", file=sys.stderr)
+        return 2
+    seed = args.seed
+    if args.product:
+        listing = json.loads(Path(args.product).read_text(encoding="utf-8"))
+        result = listing_to_prompt(listing)
+        prompt = result.prompt
+        for warning in result.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        seed = seed if seed is not None else listing.get("seed")
+        print(f"prompt ({result.language}, {result.category}): {prompt}")
+    else:
+        prompt = args.prompt
+    kwargs = dict(width=args.width, height=args.height, fps=args.fps, steps=args.steps,
+                  guidance_scale=args.guidance_scale, seed=seed,
+                  negative_prompt=args.negative_prompt)
+    if args.duration is not None:
+        kwargs["duration"] = args.duration
+        kwargs["fps"] = args.fps or 24
+    else:
+        kwargs["num_frames"] = args.num_frames
+    t0 = time.perf_counter()
+    with T2VClient(args.url) as client:
+        video = client.generate(prompt, timeout=args.timeout, priority=args.priority, **kwargs)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(video.mp4)
+    r = video.info.get("request", {})
+    print(f"wrote {out}: {r.get('num_frames')} frames {r.get('width')}x{r.get('height')} "
+          f"@{r.get('fps')} fps, seed {r.get('seed')}, {time.perf_counter() - t0:.1f} s")
+    print("qc: " + ", ".join(f"{k} {v:.3g}" for k, v in video.qc.items()))
+    return 0
+
+
+def _batch(args) -> int:
+    from t2vserve.client.batch import run_batch
+
+    summary = run_batch(Path(args.catalog), Path(args.out_dir), url=args.url,
+                        concurrency=args.concurrency, timeout=args.timeout)
+    print(f"{summary['ok']} ok, {summary['review']} for review, {summary['failed']} failed, "
+          f"{summary['skipped']} already done; manifest: {summary['manifest']}")
+    return 0 if summary["failed"] == 0 else 1
+
+
+def _gateway(args) -> int:
+    from t2vserve.client.gateway import serve
+
+    serve(args.url, args.host, args.port)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("generate", help="one clip from a prompt or a product listing, over gRPC")
+    p.add_argument("prompt", nargs="?", help="the prompt (Chinese or English)")
+    p.add_argument("--product", help="a listing JSON file instead of a prompt")
+    p.add_argument("-o", "--output", default="out.mp4")
+    p.add_argument("--url", default=DEFAULT_URL, help=f"Triton gRPC host:port ({DEFAULT_URL})")
+    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--duration", type=float, help="seconds; frames = nearest 4k+1 to duration x fps")
+    p.add_argument("--num-frames", type=int)
+    p.add_argument("--fps", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--guidance-scale", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--negative-prompt")
+    p.add_argument("--timeout", type=float, help="client deadline in seconds")
+    p.add_argument("--priority", type=int, default=0, help="Triton priority (1 is highest)")
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("batch", help="clips for a catalog (JSON lines), resumable, with manifest")
+    p.add_argument("catalog", help="JSON lines: one listing (or {sku, prompt}) per line")
+    p.add_argument("--out-dir", default="videos")
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--url", default=DEFAULT_URL)
+    p.add_argument("--timeout", type=float, help="per-clip client deadline in seconds")
+    p.set_defaults(func=_batch)
+
+    p = sub.add_parser("gateway", help="HTTP shim: POST /t2v/generate JSON -> video/mp4")
+    p.add_argument("--url", default=DEFAULT_URL, help="Triton gRPC host:port")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=_gateway)
