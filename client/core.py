@@ -176,8 +176,8 @@ class T2VClient(_Base):
 
 
 class AsyncT2VClient(_Base):
-    """asyncio client. Cancelling the awaiting task cancels the gRPC call, and Triton
-    cancels the request (the denoising loop stops at its next step)."""
+    """asyncio client. Cancelling the awaiting task cancels the gRPC call; Triton 2.51 stops
+    the ensemble request at its next step boundary (not inside the denoising loop yet)."""
 
     def __init__(self, url: str = "127.0.0.1:8001", *, retry: RetryPolicy = RetryPolicy()):
         import tritonclient.grpc.aio as aioclient

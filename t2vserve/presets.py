@@ -81,7 +81,7 @@ class Preset:
 
 PRESETS = {
     "tiny": Preset(
-        "tiny", TINY_DIT, TINY_VAE, TINY_UMT5, text_len=128,
+        "tiny", TINY_DIT, TINY_VAE, TINY_UMT5, text_len=256,
         defaults=dict(width=128, height=128, num_frames=17, fps=24, steps=8, guidance_scale=5.0),
     ),
     "wan2.2-ti2v-5b": Preset(

@@ -24,7 +24,7 @@ class Limits:
     guidance_scale: tuple[float, float] = (1.0, 20.0)
     fps: tuple[int, int] = (8, 30)
     prompt_bytes: int = 4096
-    prompt_tokens: int = 128
+    prompt_tokens: int = 256
 
 
 @dataclass(frozen=True)

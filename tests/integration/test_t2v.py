@@ -103,7 +103,7 @@ def test_eight_concurrent_clients_share_dit_batches(server):
     (dict(guidance_scale=0.5), "guidance_scale must be finite in [1.0, 20.0], got 0.5"),
     (dict(fps=0), "fps must be in [8, 30], got 0"),
     (dict(prompt=""), "prompt must be a non-empty UTF-8 string"),
-    (dict(prompt="cup " * 200), "prompt is 201 tokens; the text encoder takes at most 128"),
+    (dict(prompt="cup " * 300), "prompt is 301 tokens; the text encoder takes at most 256"),
     (dict(prompt="x" * 5000), "prompt must be at most 4096 bytes of UTF-8, got 5000"),
 ])
 def test_bad_input_is_invalid_arg_and_the_next_request_succeeds(client, kwargs, message):

@@ -18,7 +18,7 @@ def profile(tmp_path):
     art = tmp_path / "artifacts"
     art.mkdir()
     (art / "manifest.json").write_text(json.dumps({
-        "text_len": 128, "latent_channels": 48,
+        "text_len": 256, "latent_channels": 48,
         "graphs": {"text_encoder": {"outputs": [{"name": "prompt_embeds",
                                                  "shape": ["batch", "text_len", 32]}]}}}))
     data = yaml.safe_load(open(PROJECT_PROFILE))
@@ -37,7 +37,7 @@ def test_renders_every_model_with_no_placeholder_left(profile, tmp_path):
         assert f'name: "{model}"' in text
     dit = (repo / "dit" / "config.pbtxt").read_text()
     assert "max_batch_size: 16" in dit and "max_queue_delay_microseconds: 4000" in dit
-    assert "dims: [ 128, 32 ]" in dit
+    assert "dims: [ 256, 32 ]" in dit
     assert re.search(r"count: 8 ", (repo / "denoise" / "config.pbtxt").read_text())
     assert "response_cache { enable: true }" in (repo / "text_encoder" / "config.pbtxt").read_text()
     assert str(profile.path.resolve()) in (repo / "validate" / "config.pbtxt").read_text()

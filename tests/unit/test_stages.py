@@ -38,7 +38,7 @@ def test_torch_and_onnxruntime_runtimes_agree(tmp_path, tiny_artifacts):
     pairs = [("a red cup", "blurry"), ("红色杯子", "")]
     a = stages.TextStage(onnx).encode(pairs)
     b = stages.TextStage(torch_).encode(pairs)
-    assert a.shape == (2, 2, 128, 32)
+    assert a.shape == (2, 2, 256, 32)
     assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()
     latents = np.random.default_rng(0).standard_normal((1, 48, 2, 4, 4)).astype(np.float32)
     fa, fb = stages.VaeStage(onnx).decode(latents), stages.VaeStage(torch_).decode(latents)
