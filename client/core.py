@@ -1,4 +1,4 @@
-"""The thin gRPC client over Triton's `t2v` ensemble: sync and asyncio. No model logic.
+"""The thin gRPC client over Triton's `t2v` model: sync and asyncio. No model logic.
 
 Deadlines are client-side (`timeout`, seconds); retries happen only on errors that mean
 "try again" (queue full / server unavailable), with jittered exponential backoff, and reuse
@@ -176,8 +176,8 @@ class T2VClient(_Base):
 
 
 class AsyncT2VClient(_Base):
-    """asyncio client. Cancelling the awaiting task cancels the gRPC call; Triton 2.51 stops
-    the ensemble request at its next step boundary (not inside the denoising loop yet)."""
+    """asyncio client. Cancelling the awaiting task cancels the gRPC call, and the server
+    stops the request at its next denoising step."""
 
     def __init__(self, url: str = "127.0.0.1:8001", *, retry: RetryPolicy = RetryPolicy()):
         import tritonclient.grpc.aio as aioclient

@@ -71,7 +71,7 @@ def make_app(url: str, *, default_timeout: float | None = 600.0) -> web.Applicat
         except T2VDeadlineError as exc:
             return _bad(exc.message, 504)
         except T2VError as exc:
-            return _bad(exc.message.removeprefix("in ensemble 't2v', "), STATUS.get(exc.status, 502))
+            return _bad(exc.message, STATUS.get(exc.status, 502))
         headers = {"X-T2V-QC": json.dumps(video.qc),
                    "X-T2V-Info": json.dumps({k: video.info.get(k) for k in
                                              ("model", "stages_ms", "cache_hit")})}

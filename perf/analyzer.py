@@ -1,4 +1,4 @@
-"""perf_analyzer (the binary inside the tritonclient 2.50 wheel) against the `t2v` ensemble.
+"""perf_analyzer (the binary inside the tritonclient 2.50 wheel) against the `t2v` model.
 
 Input data comes from the deployment profile: its defaults and a few allowed sizes, with
 Chinese and English product prompts, so the load is what the profile admits.

@@ -18,7 +18,7 @@ REQUIRED = {
     "limits": ("width", "height", "num_frames", "steps", "guidance_scale", "fps",
                "prompt_bytes", "prompt_tokens"),
     "defaults": ("width", "height", "num_frames", "fps", "steps", "guidance_scale", "seed"),
-    "models": ("validate", "text_encoder", "denoise", "dit", "vae_decoder", "video_encoder"),
+    "models": ("t2v", "text_encoder", "dit", "vae_decoder", "video_encoder"),
     "queue": ("max_queue_size", "default_timeout_us", "priority_levels", "default_priority"),
     "cache": ("text_encoder_response_cache", "size_bytes"),
     "server": ("address", "http_port", "grpc_port", "metrics_port"),

@@ -13,7 +13,7 @@ from t2vserve.profile import Profile
 from t2vserve.serve.stages import load_manifest
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "model_repository"
-MODELS = ("validate", "text_encoder", "denoise", "dit", "vae_decoder", "video_encoder", "t2v")
+MODELS = ("text_encoder", "dit", "vae_decoder", "video_encoder", "t2v")
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_.]+)\}")
 
 

@@ -74,32 +74,6 @@ def _batched(requests, names, run):
     return responses
 
 
-class ValidateModel:
-    """Checks every input before any heavy work; fills defaults from the profile."""
-
-    def initialize(self, args):
-        from t2vserve.tokenizer import load_tokenizer
-
-        _, self.profile, _ = _setup(args)
-        self.tokenizer = load_tokenizer(self.profile.artifacts / "tokenizer")
-
-    def execute(self, requests):
-        responses = []
-        for r in requests:
-            try:
-                values = {n: _input(r, n) for n in stages.REQUEST_INPUTS}
-                req = stages.parse_request(values, self.profile, self.tokenizer)
-                params = {**req.__dict__, "accepted_ns": time.time_ns()}
-                responses.append(pb_utils.InferenceResponse([
-                    pb_utils.Tensor("prompt_text", _bytes(req.prompt, (1, 1))),
-                    pb_utils.Tensor("negative_text", _bytes(req.negative_prompt, (1, 1))),
-                    pb_utils.Tensor("request_json", _bytes(json.dumps(params, ensure_ascii=False))),
-                ]))
-            except Exception as exc:
-                responses.append(_error(exc))
-        return responses
-
-
 class TextEncoderModel:
     def initialize(self, args):
         _, profile, threads = _setup(args)
@@ -129,6 +103,17 @@ class DitModel:
         return _batched(requests, ["latents", "timestep", "prompt_embeds"], run)
 
 
+def _bls(model: str, inputs: dict, outputs: list[str]) -> dict:
+    """One call to another model of this server; an error there becomes an exception here."""
+    request = pb_utils.InferenceRequest(
+        model_name=model, requested_output_names=outputs,
+        inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()])
+    response = request.exec()
+    if response.has_error():
+        raise RuntimeError(f"{model}: {response.error().message()}")
+    return {n: pb_utils.get_output_tensor_by_name(response, n).as_numpy() for n in outputs}
+
+
 class BlsDit:
     """The `dit` model called through BLS, behind the runner interface the loop uses."""
     input_names = ["latents", "timestep", "prompt_embeds"]
@@ -138,58 +123,69 @@ class BlsDit:
         self.calls = 0
 
     def run(self, inputs):
-        request = pb_utils.InferenceRequest(
-            model_name="dit", requested_output_names=["noise_pred"],
-            inputs=[pb_utils.Tensor("latents", inputs["latents"]),
-                    pb_utils.Tensor("timestep", inputs["timestep"].reshape(-1, 1)),
-                    pb_utils.Tensor("prompt_embeds", inputs["prompt_embeds"])])
-        response = request.exec()
         self.calls += 1
-        if response.has_error():
-            raise RuntimeError(f"dit: {response.error().message()}")
-        return {"noise_pred": pb_utils.get_output_tensor_by_name(response, "noise_pred").as_numpy()}
+        return _bls("dit", {**inputs, "timestep": inputs["timestep"].reshape(-1, 1)}, ["noise_pred"])
 
 
-class DenoiseModel:
-    """The scheduler loop: one request per execution; many instances run side by side and
-    their per-step `dit` calls meet in dit's dynamic batcher (step-level batching)."""
+class T2VModel:
+    """The public `t2v` model: validation, then each stage through BLS, with the denoising
+    loop here. Many instances run side by side; their per-step `dit` calls meet in dit's
+    dynamic batcher (step-level batching). The client's request is this model's own request,
+    so a cancelled call or an expired deadline is seen between any two steps."""
 
     def initialize(self, args):
-        _, profile, _ = _setup(args)
-        self.preset = get_preset(profile.data["model"]["preset"])
-        self.scheduler = profile.data["model"]["scheduler"]
+        from t2vserve.tokenizer import load_tokenizer
+
+        _, self.profile, _ = _setup(args)
+        self.tokenizer = load_tokenizer(self.profile.artifacts / "tokenizer")
+        self.preset = get_preset(self.profile.data["model"]["preset"])
+        self.scheduler = self.profile.data["model"]["scheduler"]
 
     def execute(self, requests):
         return [self._one(r) for r in requests]
 
     def _one(self, r):
         try:
-            params = json.loads(_input(r, "request_json").reshape(-1)[0])
-            text = json.loads(_input(r, "text_info").reshape(-1)[0])
-            embeds = _input(r, "prompt_embeds").reshape(2, *_input(r, "prompt_embeds").shape[-2:])
-            guidance = params["guidance_scale"]
-            if guidance <= 1.0:  # no unconditional pass, as WanPipeline
-                embeds = embeds[:1]
-            t0 = time.perf_counter()
-            shape = latent_shape(self.preset, params["width"], params["height"], params["num_frames"])
-            dit = BlsDit()
+            values = {n: _input(r, n) for n in stages.REQUEST_INPUTS}
+            req = stages.parse_request(values, self.profile, self.tokenizer)
+            accepted_ns = time.time_ns()
 
-            def stop_if_cancelled(i, t, latents):
-                # checked after every step: a cancelled request makes no further dit call
+            def check(stage):
                 if r.is_cancelled():
-                    raise RequestCancelled(f"request cancelled after step {i + 1}/{params['steps']}")
+                    raise RequestCancelled(f"request cancelled {stage}")
 
-            latents = denoise_loop(dit, initial_noise(shape, params["seed"]), embeds,
-                                   params["steps"], guidance, scheduler=self.scheduler,
-                                   shift=self.preset.flow_shift, callback=stop_if_cancelled)
-            info = {"stages_ms": {"text_encoder": text["ms"],
-                                  "denoise": round((time.perf_counter() - t0) * 1e3, 2)},
+            # 1. text (Triton's response cache answers a repeated prompt pair)
+            text = _bls("text_encoder", {"prompt_text": _bytes(req.prompt, (1, 1)),
+                                         "negative_text": _bytes(req.negative_prompt, (1, 1))},
+                        ["prompt_embeds", "text_info"])
+            text_info = json.loads(text["text_info"].reshape(-1)[0])
+            embeds = text["prompt_embeds"][0]
+            if req.guidance_scale <= 1.0:  # no unconditional pass, as WanPipeline
+                embeds = embeds[:1]
+            check("after the text encoder")
+            # 2. the denoising loop, one dit call per step
+            t0 = time.perf_counter()
+            shape = latent_shape(self.preset, req.width, req.height, req.num_frames)
+            dit = BlsDit()
+            latents = denoise_loop(
+                dit, initial_noise(shape, req.seed), embeds, req.steps, req.guidance_scale,
+                scheduler=self.scheduler, shift=self.preset.flow_shift,
+                callback=lambda i, t, x: check(f"after step {i + 1}/{req.steps}"))
+            denoise_ms = round((time.perf_counter() - t0) * 1e3, 2)
+            # 3. decode, 4. encode
+            vae = _bls("vae_decoder", {"latents": latents.astype(np.float32)}, ["frames", "vae_ms"])
+            check("after the VAE")
+            info = {"stages_ms": {"text_encoder": text_info["ms"], "denoise": denoise_ms},
                     # computed before this request was accepted: served from the cache
-                    "cache_hit": text["computed_ns"] < params["accepted_ns"],
+                    "cache_hit": text_info["computed_ns"] < accepted_ns,
                     "dit_calls": dit.calls}
-            return pb_utils.InferenceResponse([
-                pb_utils.Tensor("latents", latents.astype(np.float32)),
-                pb_utils.Tensor("denoise_info", _bytes(json.dumps(info)))])
+            params = {k: getattr(req, k) for k in ("width", "height", "num_frames", "fps",
+                                                   "steps", "guidance_scale", "seed")}
+            out = _bls("video_encoder", {"frames": vae["frames"], "vae_ms": vae["vae_ms"],
+                                         "denoise_info": _bytes(json.dumps(info)),
+                                         "request_json": _bytes(json.dumps(params))},
+                       ["video", "qc", "info"])
+            return pb_utils.InferenceResponse([pb_utils.Tensor(n, v) for n, v in out.items()])
         except Exception as exc:
             return _error(exc)
 

@@ -1,4 +1,4 @@
-"""The `t2v` ensemble over gRPC, against a real tritonserver."""
+"""The `t2v` model over gRPC, against a real tritonserver."""
 
 import concurrent.futures
 import json

@@ -38,10 +38,10 @@ def test_renders_every_model_with_no_placeholder_left(profile, tmp_path):
     dit = (repo / "dit" / "config.pbtxt").read_text()
     assert "max_batch_size: 16" in dit and "max_queue_delay_microseconds: 4000" in dit
     assert "dims: [ 256, 32 ]" in dit
-    assert re.search(r"count: 8 ", (repo / "denoise" / "config.pbtxt").read_text())
+    assert re.search(r"count: 8 ", (repo / "t2v" / "config.pbtxt").read_text())
     assert "response_cache { enable: true }" in (repo / "text_encoder" / "config.pbtxt").read_text()
-    assert str(profile.path.resolve()) in (repo / "validate" / "config.pbtxt").read_text()
-    assert (repo / "denoise" / "1" / "model.py").exists()
+    assert str(profile.path.resolve()) in (repo / "t2v" / "config.pbtxt").read_text()
+    assert (repo / "t2v" / "1" / "model.py").exists()
 
 
 def test_a_missing_key_is_an_error_not_a_blank():

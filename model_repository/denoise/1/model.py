@@ -1,2 +1,0 @@
-# Thin by design: the model lives in the t2vserve library (t2vserve/serve/triton_models.py).
-from t2vserve.serve.triton_models import DenoiseModel as TritonPythonModel  # noqa: F401
