@@ -132,6 +132,18 @@ class _Base:
         return build_inputs(self._grpc, prompt, params), outputs, rid
 
 
+    def _pause_or_raise(self, exc, attempt: int, deadline: float | None) -> float:
+        """After a failed try: the pause before the next one, or raise the error (not
+        retryable, no tries left, or the pause would run past the deadline)."""
+        err = to_error(exc)
+        if not err.retryable or attempt + 1 == self.retry.attempts:
+            raise err from exc
+        pause = self.retry.delay(attempt)
+        if deadline is not None and time.monotonic() + pause >= deadline:
+            raise err from exc
+        return pause
+
+
 class T2VClient(_Base):
     """Synchronous client. `url` is host:port of Triton's gRPC endpoint."""
 
@@ -156,13 +168,7 @@ class T2VClient(_Base):
                                            priority=priority, client_timeout=left)
                 return parse_result(result)
             except InferenceServerException as exc:
-                err = to_error(exc)
-                if not err.retryable or attempt + 1 == self.retry.attempts:
-                    raise err from exc
-                pause = self.retry.delay(attempt)
-                if deadline is not None and time.monotonic() + pause >= deadline:
-                    raise err from exc
-                time.sleep(pause)
+                time.sleep(self._pause_or_raise(exc, attempt, deadline))
         raise AssertionError("unreachable")
 
     def close(self) -> None:
@@ -198,13 +204,7 @@ class AsyncT2VClient(_Base):
                                                  priority=priority, client_timeout=left)
                 return parse_result(result)
             except InferenceServerException as exc:
-                err = to_error(exc)
-                if not err.retryable or attempt + 1 == self.retry.attempts:
-                    raise err from exc
-                pause = self.retry.delay(attempt)
-                if deadline is not None and time.monotonic() + pause >= deadline:
-                    raise err from exc
-                await asyncio.sleep(pause)
+                await asyncio.sleep(self._pause_or_raise(exc, attempt, deadline))
         raise AssertionError("unreachable")
 
     async def close(self) -> None:
