@@ -28,6 +28,17 @@ def clean_prompt(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+def tokenize(tokenizer, prompts: list[str], text_len: int) -> dict[str, np.ndarray]:
+    """Text-encoder inputs, padded to the model's context as WanPipeline pads them."""
+    enc = tokenizer(
+        [clean_prompt(p) for p in prompts], padding="max_length", max_length=text_len,
+        truncation=True, add_special_tokens=True, return_attention_mask=True,
+        return_tensors="np",
+    )
+    return {"input_ids": enc["input_ids"].astype(np.int64),
+            "attention_mask": enc["attention_mask"].astype(np.int64)}
+
+
 def latent_shape(preset: Preset, width: int, height: int, num_frames: int) -> tuple:
     return (
         1,
@@ -119,13 +130,7 @@ class Pipeline:
 
     # 1. text
     def tokenize(self, prompts: list[str]) -> dict[str, np.ndarray]:
-        enc = self.tokenizer(
-            [clean_prompt(p) for p in prompts], padding="max_length",
-            max_length=self.preset.text_len, truncation=True, add_special_tokens=True,
-            return_attention_mask=True, return_tensors="np",
-        )
-        return {"input_ids": enc["input_ids"].astype(np.int64),
-                "attention_mask": enc["attention_mask"].astype(np.int64)}
+        return tokenize(self.tokenizer, prompts, self.preset.text_len)
 
     def encode(self, prompts: list[str]) -> np.ndarray:
         return self.text_encoder.run(self.tokenize(prompts))["prompt_embeds"]

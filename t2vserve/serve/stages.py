@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 
-from t2vserve.media import encode_mp4, qc_metrics
-from t2vserve.pipeline import clean_prompt, decode_latents, to_uint8
+from t2vserve.media import QC_NAMES, encode_mp4, qc_metrics
+from t2vserve.pipeline import clean_prompt, decode_latents, to_uint8, tokenize
 from t2vserve.profile import Profile
 from t2vserve.runners import OnnxRuntimeRunner, Runner
 from t2vserve.schema import GenerationRequest, RequestValidationError
@@ -123,11 +123,8 @@ class TextStage:
         self.runner = make_runner(profile, "text_encoder", "text_encoder", threads)
 
     def encode(self, pairs: list[tuple[str, str]]) -> np.ndarray:
-        texts = [clean_prompt(t) for pair in pairs for t in pair]
-        enc = self.tokenizer(texts, padding="max_length", max_length=self.text_len,
-                             truncation=True, return_attention_mask=True, return_tensors="np")
-        out = self.runner.run({"input_ids": enc["input_ids"].astype(np.int64),
-                               "attention_mask": enc["attention_mask"].astype(np.int64)})
+        texts = [t for pair in pairs for t in pair]
+        out = self.runner.run(tokenize(self.tokenizer, texts, self.text_len))
         embeds = out["prompt_embeds"]
         return embeds.reshape(len(pairs), 2, *embeds.shape[1:])
 
@@ -161,6 +158,5 @@ def finish_video(frames: np.ndarray, fps: int, info: dict) -> tuple[bytes, np.nd
     qc = qc_metrics(frames)
     info = dict(info)
     info.setdefault("stages_ms", {})["video_encoder"] = round((time.perf_counter() - t0) * 1e3, 2)
-    info["qc"] = dict(zip(("mean_luma", "black_frame_ratio", "frozen_frame_ratio",
-                           "temporal_flicker"), (round(float(x), 4) for x in qc)))
+    info["qc"] = dict(zip(QC_NAMES, (round(float(x), 4) for x in qc)))
     return video, qc, json.dumps(info, ensure_ascii=False).encode("utf-8")
