@@ -8,7 +8,7 @@ STAMP := $(VENV)/.setup-done
 PRESET ?= tiny
 ARTIFACTS := build/artifacts/$(PRESET)
 
-.PHONY: setup test test-fast serve demo repo export check clean
+.PHONY: setup test test-fast serve demo repo export check perf clean
 
 setup: $(STAMP)
 
@@ -53,6 +53,12 @@ serve: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/t2vserve demo --profile $(PROFILE) --repo build/model_repository --out-dir build/demo
+
+# Load test of the tiny stack here: its own tritonserver, concurrency 1,2,4,8, then the
+# in-process baselines; writes perf/results/<date>-<host>-cpu-tiny.{json,png,md}.
+perf: $(STAMP)
+	$(VENV)/bin/t2vserve perf run --serve --profile $(PROFILE) --concurrency 1,2,4,8 \
+		--requests-per-window 8 --baseline 8
 
 clean:
 	rm -rf build

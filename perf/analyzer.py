@@ -1,7 +1,10 @@
 """perf_analyzer (the binary inside the tritonclient 2.50 wheel) against the `t2v` model.
 
-Input data comes from the deployment profile: its defaults and a few allowed sizes, with
-Chinese and English product prompts, so the load is what the profile admits.
+Input data comes from the deployment profile: its defaults, with Chinese and English product
+prompts and distinct seeds, so the load is what the profile admits. One call measures one load
+level (a concurrency or a request rate) and returns what perf_analyzer saw: throughput,
+latency percentiles, every measured request's latency (from its profile export) and the
+queue/compute split of each composing model (`--bls-composing-models`).
 """
 
 import csv
@@ -9,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from t2vserve.profile import Profile
@@ -20,25 +24,28 @@ PROMPTS = BRIEF_PROMPTS + [
     "a green bottle on a grey background, zooming in",
     "黄色球在木桌上静止",
 ]
+# The models `t2v` calls through BLS, in pipeline order.
+COMPOSING_MODELS = ("text_encoder", "dit", "vae_decoder", "video_encoder")
+
+
+def workload(profile: Profile, n: int = 8) -> list[dict]:
+    """n requests at the profile's default size, steps and guidance, cycling prompts, one seed
+    each. perf_analyzer sends them round-robin; the in-process baseline runs the same list."""
+    d = profile.defaults
+    return [dict(prompt=PROMPTS[i % len(PROMPTS)], width=d["width"], height=d["height"],
+                 num_frames=d["num_frames"], fps=d["fps"], steps=d["steps"],
+                 guidance_scale=float(d["guidance_scale"]), seed=1000 + i) for i in range(n)]
 
 
 def input_data(profile: Profile, n: int = 8) -> dict:
-    """perf_analyzer --input-data JSON: n requests cycling prompts and seeds at the profile's
-    default size, steps and guidance."""
-    d = profile.defaults
-    rows = []
-    for i in range(n):
-        rows.append({
-            "prompt": {"content": [PROMPTS[i % len(PROMPTS)]], "shape": [1]},
-            "width": {"content": [d["width"]], "shape": [1]},
-            "height": {"content": [d["height"]], "shape": [1]},
-            "num_frames": {"content": [d["num_frames"]], "shape": [1]},
-            "fps": {"content": [d["fps"]], "shape": [1]},
-            "steps": {"content": [d["steps"]], "shape": [1]},
-            "guidance_scale": {"content": [float(d["guidance_scale"])], "shape": [1]},
-            "seed": {"content": [1000 + i], "shape": [1]},
-        })
-    return {"data": rows}
+    """perf_analyzer --input-data JSON for `workload(profile, n)`."""
+    return {"data": [{k: {"content": [v], "shape": [1]} for k, v in row.items()}
+                     for row in workload(profile, n)]}
+
+
+def write_input_data(profile: Profile, path: Path, n: int = 8) -> Path:
+    path.write_text(json.dumps(input_data(profile, n), ensure_ascii=False))
+    return path
 
 
 def binary() -> Path:
@@ -58,33 +65,96 @@ def environment() -> dict:
     return env
 
 
-def run(url: str, data_path: Path, csv_path: Path, concurrency: list[int], *,
-        requests_per_window: int = 4, model: str = "t2v", extra: tuple = (),
-        timeout_s: float = 900) -> list[dict]:
-    """Run perf_analyzer over gRPC with count windows (requests here take seconds); return
-    one row per concurrency level from its CSV (throughput in infer/s, latencies in us)."""
+@dataclass
+class LevelResult:
+    concurrency: int | None
+    request_rate: float | None
+    throughput: float                  # videos/s, perf_analyzer's "Inferences/Second"
+    latency_ms: dict                   # avg, p50, p90, p95, p99
+    latencies_ms: list[float]          # every request of the measurement windows
+    client_ms: dict                    # perf_analyzer's own split of the average request
+    models: dict = field(default_factory=dict)  # composing model -> queue/compute split
+
+
+def _us_to_ms(row: dict, key: str) -> float:
+    return round(float(row[key]) / 1000.0, 3)
+
+
+def _request_latencies(export: Path) -> list[float]:
+    # The export also holds every response's outputs (MP4 bytes, not UTF-8); only the
+    # timestamps are read.
+    doc = json.loads(export.read_bytes().decode("utf-8", "replace"))
+    out = []
+    for experiment in doc["experiments"]:
+        for r in experiment["requests"]:
+            if r["response_timestamps"]:
+                out.append(round((r["response_timestamps"][-1] - r["timestamp"]) / 1e6, 3))
+    return out
+
+
+def measure(url: str, data_path: Path, work_dir: Path, *, concurrency: int | None = None,
+            request_rate: float | None = None, requests_per_window: int = 4,
+            model: str = "t2v", composing: tuple = COMPOSING_MODELS, max_trials: int = 3,
+            timeout_s: float = 1800) -> LevelResult:
+    """One load level. Count windows, because one request takes seconds; a request rate
+    uses Poisson arrivals (what a platform's traffic looks like)."""
+    if (concurrency is None) == (request_rate is None):
+        raise ValueError("give exactly one of concurrency or request_rate")
+    tag = f"c{concurrency}" if concurrency is not None else f"r{request_rate:g}"
+    work_dir = Path(work_dir).resolve()
+    data_path = Path(data_path).resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = work_dir / f"{tag}.csv"
+    export = work_dir / f"{tag}.export.json"
     args = [
         str(binary()), "-m", model, "-u", url, "-i", "grpc", "--input-data", str(data_path),
         "--measurement-mode", "count_windows",
         "--measurement-request-count", str(requests_per_window),
-        # count windows on a noisy 2-core box never look "stable"; accept what is measured
-        "--max-trials", "3", "--stability-percentage", "999",
-        "-f", str(csv_path), *extra,
+        # count windows on a noisy shared box rarely look "stable"; keep what is measured
+        "--max-trials", str(max_trials), "--stability-percentage", "999",
+        # relative names, run inside work_dir: perf_analyzer names each composing model's CSV
+        # by prefixing "<model>_v1." to the -f string, which breaks on a path with folders
+        "-f", csv_path.name, "--verbose-csv", "--profile-export-file", export.name,
     ]
-    rows = []
-    for c in concurrency:
-        out = csv_path.with_suffix(f".c{c}.csv")
-        cmd = [a if a != str(csv_path) else str(out) for a in args] + ["--concurrency-range", str(c)]
-        proc = subprocess.run(cmd, env=environment(), capture_output=True, text=True,
-                              timeout=timeout_s)
-        if proc.returncode != 0:
-            raise RuntimeError(f"perf_analyzer failed ({proc.returncode}):\n{proc.stdout[-3000:]}"
-                               f"\n{proc.stderr[-3000:]}")
-        with open(out) as f:
-            rows.extend(csv.DictReader(f))
-    return rows
-
-
-def write_input_data(profile: Profile, path: Path, n: int = 8) -> Path:
-    path.write_text(json.dumps(input_data(profile, n), ensure_ascii=False))
-    return path
+    if composing:
+        args += ["--bls-composing-models", ",".join(composing)]
+    if concurrency is not None:
+        args += ["--concurrency-range", str(concurrency)]
+    else:
+        args += ["--request-rate-range", f"{request_rate:g}", "--request-distribution", "poisson"]
+    proc = subprocess.run(args, env=environment(), capture_output=True, text=True,
+                          timeout=timeout_s, cwd=work_dir)
+    (work_dir / f"{tag}.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise RuntimeError(f"perf_analyzer failed ({proc.returncode}) at {tag}:\n"
+                           f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    with open(csv_path) as f:
+        row = next(csv.DictReader(f))
+    result = LevelResult(
+        concurrency=concurrency, request_rate=request_rate,
+        throughput=float(row["Inferences/Second"]),
+        latency_ms={k: _us_to_ms(row, f"{k} latency") for k in ("p50", "p90", "p95", "p99")}
+        | {"avg": _us_to_ms(row, "Avg latency")},
+        latencies_ms=_request_latencies(export),
+        client_ms={"send": _us_to_ms(row, "Client Send"),
+                   "network_and_server": _us_to_ms(row, "Network+Server Send/Recv"),
+                   "server_queue": _us_to_ms(row, "Server Queue"),
+                   "server_compute": round(sum(_us_to_ms(row, f"Server Compute {k}")
+                                               for k in ("Input", "Infer", "Output")), 3),
+                   "recv": _us_to_ms(row, "Client Recv")},
+    )
+    export.unlink()  # it carries every output video; the latencies are kept above
+    for name in composing:
+        # perf_analyzer writes one CSV per composing model next to the main one
+        path = work_dir / f"{name}_v1.{csv_path.name}"
+        if not path.exists():
+            continue
+        with open(path) as f:
+            m = next(csv.DictReader(f))
+        result.models[name] = {
+            "requests_per_s": float(m["Inferences/Second"]),
+            "queue_ms": _us_to_ms(m, "Server Queue"),
+            "compute_ms": round(sum(_us_to_ms(m, f"Server Compute {k}")
+                                    for k in ("Input", "Infer", "Output")), 3),
+        }
+    return result

@@ -244,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     from t2vserve.client.commands import register as register_client_commands
 
     register_client_commands(sub)
+    from t2vserve.perf.commands import register as register_perf_commands
+
+    register_perf_commands(sub)
     return parser
 
 

@@ -1,7 +1,6 @@
 """The `t2v` model over gRPC, against a real tritonserver."""
 
 import concurrent.futures
-import json
 
 import numpy as np
 import pytest
@@ -135,13 +134,3 @@ def test_non_utf8_prompt_is_invalid_arg(server):
     assert "INVALID_ARGUMENT" in str(err.value.status())
     assert c.is_server_ready()
     c.close()
-
-
-def test_perf_analyzer_reports_throughput_at_concurrency_1_and_4(server, tmp_path):
-    from t2vserve.perf import analyzer
-
-    data = analyzer.write_input_data(server.profile, tmp_path / "input.json")
-    assert json.loads(data.read_text())["data"][0]["width"]["content"] == [128]
-    rows = analyzer.run(server.grpc_url, data, tmp_path / "pa.csv", [1, 4], requests_per_window=2)
-    assert [int(r["Concurrency"]) for r in rows] == [1, 4]
-    assert all(float(r["Inferences/Second"]) > 0 for r in rows)
