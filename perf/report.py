@@ -34,6 +34,7 @@ def plot_run(result: dict, path: Path) -> Path:
     if own:
         ax.plot([own["latency_ms"]["p50"] / 1000], [own["throughput"]], "gD", markersize=8,
                 label="t2vserve Pipeline in process, ONNX Runtime (p50)")
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("latency per video (s)")
     ax.set_ylabel("throughput (videos/s)")
     ax.set_title(f"{result['profile']} on {result['device']}", fontsize=9)

@@ -27,6 +27,7 @@ class Level:
     throughput: float
     latencies_s: np.ndarray
     synthetic: bool = False
+    scale: float = 1.0  # latencies were multiplied by this so k / E[S] = the measured X(k)
 
     @property
     def mean_service_s(self) -> float:
@@ -90,6 +91,13 @@ class ServiceCurve:
             else:
                 s = _lognormal_from_percentiles(lv.get("latency_ms") or {}, f"levels[{i}] (k={k})")
                 levels.append(Level(k, float(x), s, synthetic=True))
+        for lv in levels:
+            # Never credit a server with more capacity than was measured: where k / E[S]
+            # exceeds X(k) (Little's ratio < 1: slots idle between requests, window edges),
+            # stretch the service times so the channels deliver exactly X(k).
+            if lv.little_ratio < 1.0:
+                lv.scale = 1.0 / lv.little_ratio
+                lv.latencies_s = lv.latencies_s * lv.scale
         if not levels:
             raise ValueError("perf result has no concurrency levels: need at least one measured "
                              "concurrency >= 1 (request-rate levels are not used for sizing)")
@@ -142,6 +150,7 @@ class LevelSizing:
     service_p95_s: float
     little_ratio: float
     synthetic: bool
+    scale: float  # service times stretched by this to match the measured throughput
     servers: int | None  # None: no fleet up to max_servers meets the SLO at this k
     utilisation: float | None
     p50_s: float | None
@@ -273,7 +282,7 @@ def size_fleet(curve: ServiceCurve, demand: Demand, slo: Slo, *,
         per_level.append(LevelSizing(
             concurrency=lv.concurrency, throughput=lv.throughput,
             mean_service_s=lv.mean_service_s, service_p95_s=lv.service_p95_s,
-            little_ratio=lv.little_ratio, synthetic=lv.synthetic, servers=n,
+            little_ratio=lv.little_ratio, synthetic=lv.synthetic, scale=lv.scale, servers=n,
             utilisation=est.utilisation if est else None,
             p50_s=est.p50_response_s if est else None, p95_s=est.p95_response_s if est else None))
         if n is not None and (best is None or (n, est.p95_response_s) < (best[1], best[2].p95_response_s)):

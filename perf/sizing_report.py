@@ -83,11 +83,11 @@ def markdown(sizing: Sizing, source: str, images: list[Path], estimate_md: str =
         lines += ["", f"Cost at ${s.price_per_gpu_hour:g}/GPU-hour: ${s.cost_per_hour:,.2f}/hour "
                       f"at peak, ${s.cost_per_1000_videos:,.2f} per 1000 videos."]
     lines += ["", "Per measured concurrency level:", "",
-              "| in flight | videos/s | mean service s | service p95 s | X·E[S]/k | servers | p95 s |",
+              "| in flight | videos/s | mean service s | service p95 s | latencies scaled × | servers | p95 s |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for lv in s.per_level:
         lines.append(f"| {lv.concurrency} | {lv.throughput:.3f} | {lv.mean_service_s:.2f} | "
-                     f"{lv.service_p95_s:.2f} | {lv.little_ratio:.2f} | "
+                     f"{lv.service_p95_s:.2f} | {lv.scale:.2f} | "
                      f"{lv.servers if lv.servers is not None else '—'} | {_s(lv.p95_s)} |")
     if s.checks:
         lines += ["", "Simulated fleet sizes:", "", "| servers | utilisation | analytic p95 s | simulated p95 s |",
@@ -98,7 +98,9 @@ def markdown(sizing: Sizing, source: str, images: list[Path], estimate_md: str =
                   "runs a fixed number of them at once; each of those slots is a channel whose "
                   "service time is a request latency measured at that concurrency. Arrivals: "
                   f"rate {s.arrival_rate:.3f}/s, inter-arrival SCV {s.scv_arrival:g} "
-                  "(1 = Poisson). Allen–Cunneen is optimistic for bursty arrivals: trust the "
+                  "(1 = Poisson). Where k / E[S] exceeded the measured throughput X(k), the "
+                  "latencies were scaled up so no server is credited with more than it delivered. "
+                  "Allen–Cunneen is optimistic for bursty arrivals: trust the "
                   "simulation there.", ""]
     lines += [f"![{p.stem}]({p.name})" for p in images]
     return "\n".join(lines) + "\n"

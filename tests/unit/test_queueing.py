@@ -332,3 +332,19 @@ def test_smallest_ok_matches_brute_force():
         for start in [1, 5, 64, 100]:
             assert _smallest_ok(lambda n: n >= threshold, start, 1, 100) == threshold
     assert _smallest_ok(lambda n: False, 3, 1, 100) is None
+
+
+def test_curve_never_credits_more_than_the_measured_throughput():
+    # k=4 slots with 1 s mean latency could do 4/s, but the server delivered 3.2/s
+    # (Little's ratio 0.8): service times are stretched by 1.25 so capacity is 3.2/s.
+    rng = np.random.default_rng(3)
+    lat = rng.uniform(0.8, 1.2, 400)
+    lat = lat / lat.mean()
+    curve = ServiceCurve.from_result({"levels": [
+        {"concurrency": 4, "throughput": 3.2, "latency_ms": {}, "latencies_ms": list(lat * 1000)}]})
+    lv = curve.level(4)
+    assert lv.scale == pytest.approx(1.25)
+    assert 4 / lv.mean_service_s == pytest.approx(3.2)
+    # 10 videos/s needs ceil(10 / 3.2) = 4 servers at least; the unscaled curve would say 3
+    sizing = size_fleet(curve, Demand(36000), Slo(100.0), simulate_check=False)
+    assert sizing.servers >= 4
