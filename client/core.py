@@ -36,7 +36,10 @@ class T2VError(Exception):
 
     @property
     def retryable(self) -> bool:
-        return self.status in RETRYABLE
+        # NOT_FOUND "has no available versions": t2v is unloaded for a drain or a reload;
+        # another try (after the pause, or on another server behind the balancer) can succeed
+        return self.status in RETRYABLE or (
+            self.status == "NOT_FOUND" and "no available versions" in self.message)
 
 
 class T2VDeadlineError(T2VError):

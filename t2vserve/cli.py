@@ -119,21 +119,28 @@ def _repo_build(args) -> int:
 
 
 def _serve(args) -> int:
+    from pathlib import Path
+
     from t2vserve.profile import load_profile
     from t2vserve.serve.repository import render_repository
-    from t2vserve.serve.server import ServerConfig, run_foreground
+    from t2vserve.serve.server import ServerConfig, check_shm
+    from t2vserve.serve.supervisor import Supervisor
 
     profile = load_profile(args.profile)
+    need = check_shm(profile)
     _ensure_artifacts(profile)
     repo = render_repository(profile, args.repo)
     overrides = {k: v for k, v in (("address", args.address), ("http_port", args.http_port),
                                    ("grpc_port", args.grpc_port),
-                                   ("metrics_port", args.metrics_port)) if v is not None}
+                                   ("metrics_port", args.metrics_port),
+                                   ("supervisor_port", args.supervisor_port)) if v is not None}
     cfg = ServerConfig.from_profile(profile, repo, **overrides)
+    logging.getLogger("t2vserve.supervisor").setLevel(logging.INFO)
     print(f"serving profile {profile.name}: gRPC {cfg.address}:{cfg.grpc_port}, HTTP "
-          f"{cfg.address}:{cfg.http_port}, metrics {cfg.address}:{cfg.metrics_port} "
-          "(Ctrl-C stops)", flush=True)
-    return run_foreground(cfg)
+          f"{cfg.address}:{cfg.http_port}, Triton metrics {cfg.address}:{cfg.metrics_port}, "
+          f"supervisor {cfg.address}:{cfg.supervisor_port} (/metrics, /healthz); shared memory "
+          f"needed up to {need / 2**30:.1f} GiB. Ctrl-C or SIGTERM drains and stops.", flush=True)
+    return Supervisor(profile, cfg, Path(args.log) if args.log else None).run()
 
 
 def _demo(args) -> int:
@@ -230,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int)
     p.add_argument("--grpc-port", type=int)
     p.add_argument("--metrics-port", type=int)
+    p.add_argument("--supervisor-port", type=int, help="supervisor /metrics and /healthz")
+    p.add_argument("--log", help="append tritonserver's output to this file (default: stdout)")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("demo", help="start the server, generate the example product clips "

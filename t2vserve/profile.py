@@ -21,7 +21,8 @@ REQUIRED = {
     "models": ("t2v", "text_encoder", "dit", "vae_decoder", "video_encoder"),
     "queue": ("max_queue_size", "default_timeout_us", "priority_levels", "default_priority"),
     "cache": ("text_encoder_response_cache", "size_bytes"),
-    "server": ("address", "http_port", "grpc_port", "metrics_port"),
+    "server": ("address", "http_port", "grpc_port", "metrics_port", "supervisor_port",
+               "exit_timeout_s", "shm_bytes"),
 }
 
 

@@ -47,15 +47,30 @@ class ServerConfig:
     cache_bytes: int = 64 << 20
     exit_timeout_s: int = 30
     log_verbose: int = 0
+    # Set by the supervisor: the repository (model control) API is then on, but answers only
+    # requests carrying this token in CONTROL_HEADER; everyone else gets 403 / refusal.
+    control_token: str | None = None
+    supervisor_port: int = 8003
+    drain_timeout_s: int = 600
     extra_args: tuple = ()
 
     @classmethod
     def from_profile(cls, profile: Profile, repository: Path, **overrides) -> "ServerConfig":
         s = profile.data["server"]
         values = dict(address=s["address"], http_port=s["http_port"], grpc_port=s["grpc_port"],
-                      metrics_port=s["metrics_port"], cache_bytes=profile.data["cache"]["size_bytes"])
+                      metrics_port=s["metrics_port"], cache_bytes=profile.data["cache"]["size_bytes"],
+                      supervisor_port=s.get("supervisor_port", 8003),
+                      drain_timeout_s=int(s.get("exit_timeout_s", 600)))
         values.update(overrides)
         return cls(repository=Path(repository), **values)
+
+    @property
+    def shm_prefix(self) -> str:
+        # one prefix per server, so its /dev/shm regions can be told from other servers'
+        return f"t2vserve_{self.grpc_port}_"
+
+
+CONTROL_HEADER = "x-t2vserve-control"
 
 
 def _libpython_dir() -> str | None:
@@ -88,8 +103,13 @@ def command(cfg: ServerConfig) -> tuple[list[str], dict]:
         # 16 MB and grow in 64 MB steps, so a full-size clip's frames fit in a few steps
         "--backend-config=python,shm-default-byte-size=16777216",
         "--backend-config=python,shm-growth-byte-size=67108864",
-        *cfg.extra_args,
+        f"--backend-config=python,shm-region-prefix-name={cfg.shm_prefix}",
     ]
+    if cfg.control_token:
+        args += ["--model-control-mode=explicit", "--load-model=*",
+                 f"--http-restricted-api=model-repository:{CONTROL_HEADER}={cfg.control_token}",
+                 f"--grpc-restricted-protocol=model-repository:{CONTROL_HEADER}={cfg.control_token}"]
+    args += list(cfg.extra_args)
     site = Path(home).parent.parent  # site-packages
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(
@@ -135,12 +155,43 @@ def stop(proc: subprocess.Popen, timeout_s: float = 60.0) -> int:
     return proc.returncode
 
 
-def run_foreground(cfg: ServerConfig) -> int:
-    """Run until Ctrl-C / SIGTERM, passing the signal on so Triton drains and exits."""
-    args, env = command(cfg)
-    proc = subprocess.Popen(args, env=env)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        print("\nstopping tritonserver ...", flush=True)
-        return stop(proc)
+class ShmError(ValueError):
+    pass
+
+
+# Python stubs exchange tensors with the server through /dev/shm. The biggest is a clip's
+# uint8 frames, which cross three regions (vae_decoder out, t2v in and out, video_encoder in
+# counted as three copies), for every t2v request in flight; each stub also keeps its region.
+SHM_COPIES = 3
+SHM_DEFAULT_REGION = 16 << 20
+
+
+def shm_requirement(profile: Profile) -> tuple[int, str]:
+    lim = profile.data["limits"]
+    w, h, f = lim["width"]["max"], lim["height"]["max"], lim["num_frames"]["max"]
+    frames = w * h * f * 3
+    in_flight = int(profile.model("t2v")["instances"])
+    stubs = sum(int(m["instances"]) for m in profile.data["models"].values())
+    need = frames * SHM_COPIES * in_flight + stubs * SHM_DEFAULT_REGION
+    why = (f"the limits admit {w}x{h}x{f} clips ({frames / 2**20:.0f} MiB of frames, x{SHM_COPIES} "
+           f"stub hops, x{in_flight} t2v instances in flight) and {stubs} stubs keep a "
+           f"{SHM_DEFAULT_REGION >> 20} MiB region each")
+    return need, why
+
+
+def check_shm(profile: Profile, shm_dir: str = "/dev/shm") -> int:
+    """Fail at start, with the numbers, where Triton would fail mid-request (or hang)."""
+    need, why = shm_requirement(profile)
+    configured = profile.data["server"].get("shm_bytes")
+    if configured is not None:
+        have, source = int(configured), "server.shm_bytes"
+    else:
+        st = os.statvfs(shm_dir)
+        have, source = st.f_bavail * st.f_frsize, f"free space in {shm_dir}"
+    if need > have:
+        raise ShmError(
+            f"shared memory too small for profile {profile.name}: {source} is "
+            f"{have / 2**20:.0f} MiB but {why}: needs {need / 2**20:.0f} MiB. Give the container "
+            f"more (docker run --shm-size={-(-need // 2**30)}g), or lower limits.width/height/"
+            f"num_frames or models.t2v.instances")
+    return need

@@ -51,26 +51,37 @@ def _error(exc: Exception):
 
 def _batched(requests, names, run):
     """Dynamic batching in a Python model: concatenate the requests that share shapes, run
-    once, split the outputs back by each request's batch size."""
+    once, split the outputs back by each request's batch size. If a merged run fails, each
+    of its requests runs alone, so one bad request fails itself and not its batchmates."""
     responses = [None] * len(requests)
     groups = defaultdict(list)
     for i, r in enumerate(requests):
         arrays = [_input(r, n) for n in names]
         groups[tuple(a.shape[1:] for a in arrays)].append((i, arrays))
+
+    def run_group(members):
+        batch = [np.concatenate([m[1][k] for m in members]) for k in range(len(names))]
+        outputs = run(*batch)
+        offset = 0
+        for i, arrays in members:
+            n = arrays[0].shape[0]
+            responses[i] = pb_utils.InferenceResponse(
+                [pb_utils.Tensor(name, np.ascontiguousarray(v[offset:offset + n]))
+                 for name, v in outputs.items()])
+            offset += n
+
     for members in groups.values():
         try:
-            batch = [np.concatenate([m[1][k] for m in members]) for k in range(len(names))]
-            outputs = run(*batch)
-            offset = 0
-            for i, arrays in members:
-                n = arrays[0].shape[0]
-                responses[i] = pb_utils.InferenceResponse(
-                    [pb_utils.Tensor(name, np.ascontiguousarray(v[offset:offset + n]))
-                     for name, v in outputs.items()])
-                offset += n
-        except Exception as exc:  # one failing batch fails its own requests only
-            for i, _ in members:
-                responses[i] = _error(exc)
+            run_group(members)
+        except Exception as exc:
+            if len(members) == 1:
+                responses[members[0][0]] = _error(exc)
+                continue
+            for member in members:
+                try:
+                    run_group([member])
+                except Exception as exc_one:
+                    responses[member[0]] = _error(exc_one)
     return responses
 
 
@@ -95,12 +106,40 @@ class DitModel:
     def initialize(self, args):
         _, profile, threads = _setup(args)
         self.runner = stages.make_runner(profile, "dit", "dit", threads)
+        self.faults = bool((profile.data.get("faults") or {}).get("enabled"))
 
     def execute(self, requests):
+        names = ["latents", "timestep", "prompt_embeds"]
+
         def run(latents, timestep, prompt_embeds):
             return self.runner.run({"latents": latents, "timestep": timestep.reshape(-1),
                                     "prompt_embeds": prompt_embeds})
-        return _batched(requests, ["latents", "timestep", "prompt_embeds"], run)
+
+        # requests carrying an injected fault run on their own, like a failing member of a
+        # batch would after _batched's retry
+        responses = [None] * len(requests)
+        plain = []
+        for i, r in enumerate(requests):
+            fault = _input(r, "fault")
+            if fault is None:
+                plain.append(i)
+                continue
+            kind = fault.reshape(-1)[0].decode()
+            try:
+                if not self.faults:
+                    raise RequestValidationError("fault injection is disabled in this profile")
+                if kind == "raise":
+                    raise RuntimeError("dit runner failed (injected fault)")
+                outputs = run(*[_input(r, n) for n in names])
+                if kind != "nan":
+                    raise RequestValidationError(f"fault must be raise or nan, got {kind!r}")
+                responses[i] = pb_utils.InferenceResponse(
+                    [pb_utils.Tensor(n, np.full_like(v, np.nan)) for n, v in outputs.items()])
+            except Exception as exc:
+                responses[i] = _error(exc)
+        for i, response in zip(plain, _batched([requests[i] for i in plain], names, run)):
+            responses[i] = response
+        return responses
 
 
 def _bls(model: str, inputs: dict, outputs: list[str]) -> dict:
@@ -119,12 +158,29 @@ class BlsDit:
     input_names = ["latents", "timestep", "prompt_embeds"]
     output_names = ["noise_pred"]
 
-    def __init__(self):
+    def __init__(self, fault: str | None = None):
         self.calls = 0
+        self.fault = fault
 
     def run(self, inputs):
         self.calls += 1
-        return _bls("dit", {**inputs, "timestep": inputs["timestep"].reshape(-1, 1)}, ["noise_pred"])
+        inputs = {**inputs, "timestep": inputs["timestep"].reshape(-1, 1)}
+        if self.fault:
+            n = inputs["latents"].shape[0]
+            inputs["fault"] = np.array([[self.fault.encode()]] * n, dtype=np.object_)
+        return _bls("dit", inputs, ["noise_pred"])
+
+
+def _fault_for(profile, seed: int) -> str | None:
+    """Reliability tests make chosen seeds fail inside dit (faults.enabled profiles only)."""
+    faults = profile.data.get("faults") or {}
+    if not faults.get("enabled"):
+        return None
+    if seed in (faults.get("dit_error_seeds") or []):
+        return "raise"
+    if seed in (faults.get("nan_seeds") or []):
+        return "nan"
+    return None
 
 
 class T2VModel:
@@ -154,6 +210,13 @@ class T2VModel:
                 if r.is_cancelled():
                     raise RequestCancelled(f"request cancelled {stage}")
 
+            def after_step(i, t, x):
+                # a NaN/Inf latent would decode to a black or garbage clip: fail loudly here
+                if not np.isfinite(x).all():
+                    raise RuntimeError(f"denoising produced non-finite latents at step "
+                                       f"{i + 1}/{req.steps} (seed {req.seed})")
+                check(f"after step {i + 1}/{req.steps}")
+
             # 1. text (Triton's response cache answers a repeated prompt pair)
             text = _bls("text_encoder", {"prompt_text": _bytes(req.prompt, (1, 1)),
                                          "negative_text": _bytes(req.negative_prompt, (1, 1))},
@@ -166,11 +229,10 @@ class T2VModel:
             # 2. the denoising loop, one dit call per step
             t0 = time.perf_counter()
             shape = latent_shape(self.preset, req.width, req.height, req.num_frames)
-            dit = BlsDit()
+            dit = BlsDit(_fault_for(self.profile, req.seed))
             latents = denoise_loop(
                 dit, initial_noise(shape, req.seed), embeds, req.steps, req.guidance_scale,
-                scheduler=self.scheduler, shift=self.preset.flow_shift,
-                callback=lambda i, t, x: check(f"after step {i + 1}/{req.steps}"))
+                scheduler=self.scheduler, shift=self.preset.flow_shift, callback=after_step)
             denoise_ms = round((time.perf_counter() - t0) * 1e3, 2)
             # 3. decode, 4. encode
             vae = _bls("vae_decoder", {"latents": latents.astype(np.float32)}, ["frames", "vae_ms"])
