@@ -8,7 +8,7 @@ STAMP := $(VENV)/.setup-done
 PRESET ?= tiny
 ARTIFACTS := build/artifacts/$(PRESET)
 
-.PHONY: setup test test-fast serve demo repo export check perf clean
+.PHONY: setup test test-fast serve demo repo export check perf soak clean
 
 setup: $(STAMP)
 
@@ -37,10 +37,15 @@ check: $(STAMP)
 
 # Unit, integration and reliability tests; `gpu`/`tensorrt` ones skip with their reason here.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not soak"
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# The reliability cases, the 10-minute soak included, then RELIABILITY.md from their figures.
+soak: $(STAMP)
+	T2VSERVE_RELIABILITY_OUT=build/reliability $(PY) -m pytest -q -p no:logging tests/reliability
+	$(PY) -m t2vserve.perf.reliability_report build/reliability RELIABILITY.md
 
 PROFILE ?= profiles/cpu-tiny.yaml
 

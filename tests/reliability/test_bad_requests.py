@@ -197,3 +197,17 @@ def test_cancel_mid_denoise_stops_the_loop_within_one_step(served, record):
            dit_calls_at_cancel=calls_at_cancel, dit_calls_after=calls_after,
            steps=steps, next_request="ok",
            rss_before_mb=round(rss_before / 1024, 1), rss_after_mb=round(rss_after / 1024, 1))
+
+
+def test_model_control_is_refused_without_the_supervisor_token(served):
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{served.ports['http']}/v2/repository/models/"
+                                 "t2v/unload", data=b"{}", method="POST")
+    try:
+        urllib.request.urlopen(req, timeout=5)
+        raise AssertionError("unload accepted without the token")
+    except urllib.error.HTTPError as e:
+        assert e.code == 403
+    assert served.model_ready("t2v")

@@ -88,24 +88,25 @@ def test_queue_timeout_rejects_a_request_that_waited_too_long(served, record):
 
 
 def test_high_priority_sent_last_starts_before_the_normal_backlog(served, record):
-    done = {}
+    def timed(**kw):
+        result = infer(served.grpc_url, **kw)
+        return result, time.monotonic()  # when it finished
+
     with cf.ThreadPoolExecutor(4) as pool:
         before = served.stats("dit")["success"]
         running = pool.submit(infer, served.grpc_url, seed=4, **LONG)
         _wait_running(served, before)
         futures = {}
         for name, priority in (("normal_1", 2), ("normal_2", 2), ("high", 1)):
-            futures[name] = pool.submit(infer, served.grpc_url, seed=40 + len(futures),
-                                        priority=priority)
+            futures[name] = pool.submit(timed, seed=40 + len(futures), priority=priority)
             time.sleep(0.2)
         assert running.result()[0] == "ok"
+        finished = {}
         for name, f in futures.items():
-            status, message, seconds, _ = f.result()
+            (status, message, _, _), at = f.result()
             assert status == "ok", (name, message)
-            done[name] = time.monotonic() - seconds  # when it was sent
-            done[name] = (done[name], seconds)
-    finish = {name: sent + took for name, (sent, took) in done.items()}
-    order = sorted(finish, key=finish.get)
+            finished[name] = at
+    order = sorted(finished, key=finished.get)
     assert order[0] == "high", order
     record("priority", what="one long request running; two normal-priority (2) requests "
                             "queued, then one high-priority (1)", completion_order=order)
