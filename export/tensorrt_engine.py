@@ -1,0 +1,418 @@
+"""TensorRT engines: one spec per graph, one generic Engine (build / load / infer), a Runner.
+
+Written for TensorRT 10.x, weakly typed: the FP32 ONNX export is parsed and TensorRT picks
+FP16/BF16 kernels where a precision flag allows, except for the layers pinned to FP32 below.
+TensorRT 11 removed these flags (strong typing only), so a reduced-precision build refuses to
+run there. `tensorrt` and `polygraphy` are imported inside functions: this module imports on
+machines without them. Device buffers are torch CUDA tensors (no pycuda).
+
+What is pinned to FP32 in a reduced-precision build, and why (`pin_fp32_layers`):
+- normalisation and reduction layers (LayerNorm; the mean of RMSNorm, the sum of the VAE's
+  L2 norm): FP16 sums of squares overflow once |x| passes ~256;
+- squares (POW, and the x*x ONNX ReduceL2 becomes) for the same reason, and GELU's x**3;
+- SQRT / RECIP unary layers (RMSNorm's rsqrt);
+- everything computed from a reduction's output until it meets full-size activations again
+  (the `+ eps`, sqrt, reciprocal, clamp chain);
+- float arithmetic on constants and shapes alone (umT5's relative-position buckets: a Log
+  whose BF16 rounding would move bucket boundaries);
+- for the DiT, everything computed from the `timestep` input alone: the sinusoidal embedding
+  (FP16 spacing near t = 1000 is 0.5 rad, so sin(t * f) would be noise), the time MLP and the
+  modulation tables, which diffusers keeps in FP32 too (`_keep_in_fp32_modules`);
+- the attention softmax of the text encoder and the VAE, not of the DiT (`FUSED_ATTENTION`);
+- any layer whose name matches a spec's `fp32_patterns` (regular expressions), for overrides.
+Matrix multiplies and convolutions on activations stay in reduced precision.
+"""
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from t2vserve.export.trt_profiles import COMPONENT, GRAPHS, check_request_fits, limit_corners, \
+    optimisation_profiles
+
+# Allowed precision per component. umT5 activations overflow FP16 (why T5 models run in BF16
+# or FP32); the DiT runs FP16 or BF16 with the pins below; the VAE FP16 or FP32.
+PRECISIONS = {"text_encoder": ("bf16", "fp32"), "dit": ("fp16", "bf16", "fp32"),
+              "vae_decoder": ("fp16", "fp32")}
+# (rtol, atol) for compare_with_onnxruntime, per (component, precision). An element fails only
+# if it misses both. FP32 is loose for TF32 matmuls (10-bit mantissa, TensorRT's default). BF16
+# keeps 8 bits of mantissa: ~0.4 % per rounding, compounded over the encoder's layers. FP16
+# DiT noise predictions are O(1). VAE frames live in [-1, 1]; 2e-2 is ~2.5 uint8 levels.
+TOLERANCES = {
+    ("text_encoder", "fp32"): (1e-2, 1e-2), ("text_encoder", "bf16"): (5e-2, 5e-2),
+    ("dit", "fp32"): (1e-2, 1e-2), ("dit", "fp16"): (2e-2, 2e-2), ("dit", "bf16"): (5e-2, 5e-2),
+    ("vae_decoder", "fp32"): (1e-2, 1e-2), ("vae_decoder", "fp16"): (2e-2, 2e-2),
+}
+# graph inputs whose forward closure (with constants) runs in FP32; see the module docstring
+FP32_INPUTS = {"dit": ("timestep",)}
+# Graphs whose attention softmax is left to TensorRT: its fused attention kernel (FP32 softmax
+# statistics inside) needs FP16/BF16 inputs to both matmuls; an FP32-pinned softmax breaks the
+# fusion and materialises the L x L scores: 2 x 24 x 27k^2 floats = 143 GB for a 720p DiT call.
+FUSED_ATTENTION = ("dit",)
+DEFAULT_WORKSPACE_GB = 16.0
+
+Shapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    graph: str
+    onnx_path: Path
+    plan_path: Path
+    precision: str  # fp32 | fp16 | bf16
+    shapes: Shapes  # input name -> (min, opt, max)
+    fp32_patterns: tuple[str, ...] = ()  # layer-name regexes pinned on top of the type rules
+    fp32_inputs: tuple[str, ...] = ()  # graph inputs whose forward closure stays FP32
+    fp32_softmax: bool = True
+
+
+@dataclass(frozen=True)
+class ArtifactPaths:
+    onnx_dir: Path
+    plans_dir: Path
+    timing_cache: Path
+
+    @classmethod
+    def for_profile(cls, profile) -> "ArtifactPaths":
+        plans = profile.artifacts / "tensorrt"
+        return cls(profile.artifacts, plans, plans / "timing.cache")
+
+    @classmethod
+    def of(cls, onnx_dir, plans_dir) -> "ArtifactPaths":
+        return cls(Path(onnx_dir), Path(plans_dir), Path(plans_dir) / "timing.cache")
+
+    def onnx(self, graph: str) -> Path:
+        return self.onnx_dir / f"{graph}.onnx"
+
+    def plan(self, graph: str) -> Path:
+        return self.plans_dir / f"{graph}.plan"
+
+    @property
+    def engines_json(self) -> Path:
+        return self.plans_dir / "engines.json"
+
+
+def _trt():
+    try:
+        import tensorrt
+    except ImportError as e:
+        raise RuntimeError("TensorRT is not installed (pip's `tensorrt` needs NVIDIA's index and "
+                           f"a GPU machine): {e}") from None
+    return tensorrt
+
+
+_LOGGER = []
+
+
+def _logger(trt):
+    # one logger per process: TensorRT warns when builders and runtimes are given different ones
+    if not _LOGGER:
+        _LOGGER.append(trt.Logger(trt.Logger.WARNING))
+    return _LOGGER[0]
+
+
+def component_precision(profile, component: str) -> str:
+    precision = profile.data["components"][component]["precision"]
+    allowed = PRECISIONS[component]
+    if precision not in allowed:
+        why = " (umT5 activations overflow FP16)" if component == "text_encoder" else ""
+        raise ValueError(f"components.{component}.precision {precision!r} is not supported by "
+                         f"the TensorRT build; choose one of {', '.join(allowed)}{why}")
+    return precision
+
+
+def engine_specs(profile, manifest: dict, paths: ArtifactPaths) -> list[EngineSpec]:
+    """One spec per graph: precision from the profile, shapes from its limits. No TensorRT."""
+    shapes = optimisation_profiles(profile, manifest)
+    specs = []
+    for graph in GRAPHS:
+        component = COMPONENT[graph]
+        specs.append(EngineSpec(graph, paths.onnx(graph), paths.plan(graph),
+                                component_precision(profile, component), shapes[graph],
+                                fp32_inputs=FP32_INPUTS.get(graph, ()),
+                                fp32_softmax=graph not in FUSED_ATTENTION))
+    return specs
+
+
+def pin_fp32_layers(trt, network, *, softmax: bool = True, patterns=(), fp32_inputs=()) -> list[str]:
+    """Set FP32 precision and output types on the layers listed in the module docstring;
+    returns their names. Layers come in topological order (the ONNX node order)."""
+    classes = {trt.LayerType.ELEMENTWISE: trt.IElementWiseLayer,
+               trt.LayerType.UNARY: trt.IUnaryLayer}
+    floats = {trt.float32, trt.float16, getattr(trt, "bfloat16", trt.float32)}
+    seeds = {trt.LayerType.NORMALIZATION, trt.LayerType.REDUCE}
+    if softmax:
+        seeds.add(trt.LayerType.SOFTMAX)
+    skip = {trt.LayerType.CONSTANT, trt.LayerType.SHAPE, trt.LayerType.CAST}
+    unary = {trt.UnaryOperation.SQRT, trt.UnaryOperation.RECIP}
+    regexes = [re.compile(p, re.IGNORECASE) for p in patterns]
+    inputs = [network.get_input(i).name for i in range(network.num_inputs)]
+    variable = set(inputs)  # tensors whose values depend on a graph input (not only its shape)
+    small = {n for n in inputs if n in fp32_inputs}  # FP32 islands that propagate
+    pinned = []
+    for layer in network:
+        ins = [t for t in (layer.get_input(i) for i in range(layer.num_inputs)) if t is not None]
+        outs = [layer.get_output(i) for i in range(layer.num_outputs)]
+        if layer.type != trt.LayerType.SHAPE and any(t.name in variable for t in ins):
+            variable.update(t.name for t in outs)
+        acts = [t for t in ins if t.dtype in floats and t.name in variable]
+        closure = bool(acts) and all(t.name in small for t in acts)
+        if closure or layer.type == trt.LayerType.REDUCE:
+            small.update(t.name for t in outs)
+        if layer.type in skip or not outs or not all(t.dtype in floats for t in outs):
+            continue
+        if layer.type in classes:
+            layer.__class__ = classes[layer.type]  # the bindings' way to reach `.op`
+        square = (layer.type == trt.LayerType.ELEMENTWISE
+                  and (layer.op == trt.ElementWiseOperation.POW
+                       or layer.op == trt.ElementWiseOperation.PROD and len(ins) == 2
+                       and ins[0].name == ins[1].name))
+        from_constants = not acts and bool(ins) and layer.type in classes
+        if (layer.type in seeds or square or closure or from_constants
+                or layer.type == trt.LayerType.UNARY and layer.op in unary
+                or any(r.search(layer.name) for r in regexes)):
+            layer.precision = trt.float32
+            for i in range(layer.num_outputs):
+                layer.set_output_type(i, trt.float32)
+            if layer.type == trt.LayerType.NORMALIZATION:
+                layer.__class__ = trt.INormalizationLayer
+                if hasattr(layer, "compute_precision"):
+                    layer.compute_precision = trt.float32
+            pinned.append(layer.name)
+    return pinned
+
+
+class Engine:
+    def __init__(self, plan_path: str | Path):
+        self.plan_path = Path(plan_path)
+        self.engine = self.context = None
+
+    def build(self, spec: EngineSpec, timing_cache_path: str | Path | None = None,
+              workspace_gb: float = DEFAULT_WORKSPACE_GB) -> dict:
+        """Parse spec.onnx_path, build with spec's precision and profile, write the plan."""
+        if Path(spec.plan_path) != self.plan_path:
+            raise ValueError(f"spec.plan_path {spec.plan_path} is not this engine's {self.plan_path}")
+        if not Path(spec.onnx_path).exists():
+            raise FileNotFoundError(f"no ONNX graph at {spec.onnx_path}: run `t2vserve export`")
+        trt = _trt()
+        t0 = time.perf_counter()
+        logger = _logger(trt)
+        builder = trt.Builder(logger)
+        network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+        parser = trt.OnnxParser(network, logger)
+        # from a file, so weights stored as external data next to the graph are found
+        if not parser.parse_from_file(str(spec.onnx_path)):
+            errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise RuntimeError(f"TensorRT could not parse {spec.onnx_path}:\n{errors}")
+
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+        names = {network.get_input(i).name for i in range(network.num_inputs)}
+        if names != set(spec.shapes):
+            raise ValueError(f"{spec.graph}: graph inputs {sorted(names)} but profile shapes for "
+                             f"{sorted(spec.shapes)}")
+        opt_profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in spec.shapes.items():
+            opt_profile.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(opt_profile)
+
+        pinned = []
+        if spec.precision != "fp32":
+            flag = {"fp16": "FP16", "bf16": "BF16"}[spec.precision]
+            if not hasattr(trt.BuilderFlag, flag):
+                raise RuntimeError(f"TensorRT {trt.__version__} has no BuilderFlag.{flag} (weak "
+                                   "typing was removed in 11.x); build with TensorRT 10.x")
+            config.set_flag(getattr(trt.BuilderFlag, flag))
+            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+            pinned = pin_fp32_layers(trt, network, softmax=spec.fp32_softmax,
+                                     patterns=spec.fp32_patterns, fp32_inputs=spec.fp32_inputs)
+
+        cache_path = Path(timing_cache_path) if timing_cache_path else None
+        cache_bytes = cache_path.read_bytes() if cache_path and cache_path.exists() else b""
+        if not config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False):
+            # a cache from another GPU or TensorRT version: start an empty one
+            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+
+        plan = builder.build_serialized_network(network, config)
+        if plan is None:
+            raise RuntimeError(f"TensorRT failed to build {spec.graph}; see its log above")
+        self.plan_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.plan_path, "wb") as f:
+            f.write(plan)  # IHostMemory is a buffer: no copy of a multi-GB plan
+        if cache_path:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(cache_path, "wb") as f:
+                f.write(config.get_timing_cache().serialize())
+        return {"plan": self.plan_path.name, "precision": spec.precision,
+                "shapes": {n: [list(s) for s in trio] for n, trio in spec.shapes.items()},
+                "fp32_layers": len(pinned), "num_layers": network.num_layers,
+                "plan_bytes": self.plan_path.stat().st_size,
+                "build_s": round(time.perf_counter() - t0, 1)}
+
+    def load(self) -> "Engine":
+        if not self.plan_path.exists():
+            raise FileNotFoundError(f"no TensorRT plan at {self.plan_path}: run "
+                                    "`t2vserve export --format tensorrt --profile ...`")
+        trt = _trt()
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("a TensorRT engine needs a CUDA device; torch sees none")
+        self._trt, self._torch = trt, torch
+        self._runtime = trt.Runtime(_logger(trt))
+        self.engine = self._runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
+        if self.engine is None:
+            raise RuntimeError(f"could not load {self.plan_path} (built by another TensorRT "
+                               "version or for another GPU?)")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        self.input_names = [n for n in names if is_input[n]]
+        self.output_names = [n for n in names if not is_input[n]]
+        table = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16,
+                 "INT8": torch.int8, "INT32": torch.int32, "INT64": torch.int64,
+                 "BOOL": torch.bool, "UINT8": torch.uint8}
+        by_enum = {getattr(trt.DataType, k): v for k, v in table.items() if hasattr(trt.DataType, k)}
+        self.dtypes = {n: by_enum[self.engine.get_tensor_dtype(n)] for n in names}
+        return self
+
+    def infer(self, feed: dict, device: str = "cuda") -> dict:
+        """Torch tensors in (any device/dtype: moved and cast), CUDA tensors out, on the
+        current stream; the caller synchronises (`.cpu()` does)."""
+        if self.context is None:
+            self.load()
+        torch, ctx = self._torch, self.context
+        missing = [n for n in self.input_names if n not in feed]
+        if missing:
+            raise KeyError(f"missing inputs {missing}; expected {self.input_names}")
+        keep = []  # inputs cast/copied here live until the call is queued; frees are stream-ordered
+        for name in self.input_names:
+            t = feed[name].to(device=device, dtype=self.dtypes[name]).contiguous()
+            if not ctx.set_input_shape(name, tuple(t.shape)):
+                lo, _, hi = (list(d) for d in self.engine.get_tensor_profile_shape(name, 0))
+                raise ValueError(f"{self.plan_path.stem}: input {name} shape {list(t.shape)} is "
+                                 f"outside the engine profile min {lo} max {hi}")
+            ctx.set_tensor_address(name, t.data_ptr())
+            keep.append(t)
+        outputs = {}
+        for name in self.output_names:
+            shape = tuple(ctx.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                raise RuntimeError(f"{self.plan_path.stem}: output {name} shape {shape} unresolved")
+            outputs[name] = torch.empty(shape, dtype=self.dtypes[name], device=device)
+            ctx.set_tensor_address(name, outputs[name].data_ptr())
+        if not ctx.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+            raise RuntimeError(f"{self.plan_path.stem}: execute_async_v3 failed; see the log")
+        return outputs
+
+    def __call__(self, *args):
+        """Positional in, tuple out, in graph order: so `vae_chunked.decode_chunked(first,
+        step, z)` drives the two VAE engines with the caches staying on the GPU."""
+        out = self.infer(dict(zip(self.input_names, args)))
+        return tuple(out[n] for n in self.output_names)
+
+
+class TensorRTRunner:
+    """The Runner interface (numpy in, numpy out) over one plan; CUDA inside."""
+
+    def __init__(self, plan_path: str | Path, input_names: list[str] | None = None,
+                 output_names: list[str] | None = None):
+        self.engine = Engine(plan_path).load()
+        self.input_names = list(input_names or self.engine.input_names)
+        self.output_names = list(output_names or self.engine.output_names)
+        for given, actual, what in ((self.input_names, self.engine.input_names, "inputs"),
+                                    (self.output_names, self.engine.output_names, "outputs")):
+            if sorted(given) != sorted(actual):
+                raise ValueError(f"{plan_path}: {what} are {actual}, not {given}")
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self.engine._torch
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise KeyError(f"missing inputs {missing}; expected {self.input_names}")
+        feed = {n: torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in self.input_names}
+        out = self.engine.infer(feed)
+        return {n: (out[n].float() if out[n].dtype in (torch.float16, torch.bfloat16)
+                    else out[n]).cpu().numpy() for n in self.output_names}
+
+
+def build_engines(profile, onnx_dir: str | Path, out_dir: str | Path, *, log=print,
+                  workspace_gb: float = DEFAULT_WORKSPACE_GB) -> dict:
+    """One plan per graph into out_dir, a shared timing cache, and engines.json (returned)."""
+    paths = ArtifactPaths.of(onnx_dir, out_dir)
+    manifest_path = paths.onnx_dir / "manifest.json"
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"{manifest_path} not found: run `t2vserve export` first")
+    manifest = json.loads(manifest_path.read_text())
+    specs = engine_specs(profile, manifest, paths)
+    for w, h, f in limit_corners(profile):  # every size validation accepts must fit
+        check_request_fits(profile, w, h, f, manifest)
+    trt = _trt()
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("building TensorRT engines needs a CUDA device; torch sees none")
+    if any(v != "float32" for v in manifest.get("precision", {}).values()):
+        log(f"  note: the ONNX export is {manifest['precision']}; TensorRT's precision flags "
+            "and the FP32 pins decide layer precision, the export's types only the I/O")
+    graphs = {}
+    for spec in specs:
+        log(f"  building {spec.graph} ({spec.precision}) ...")
+        info = Engine(spec.plan_path).build(spec, paths.timing_cache, workspace_gb)
+        log(f"  {spec.graph}: {info['build_s']} s, {info['plan_bytes'] / 2**20:.0f} MiB, "
+            f"{info['fp32_layers']}/{info['num_layers']} layers pinned FP32")
+        graphs[spec.graph] = info
+    result = {"profile": profile.name, "preset": manifest["preset"],
+              "weight_hash": manifest.get("weight_hash"), "tensorrt": trt.__version__,
+              "gpu": torch.cuda.get_device_name(), "timing_cache": paths.timing_cache.name,
+              "graphs": graphs}
+    paths.engines_json.write_text(json.dumps(result, indent=2))
+    return result
+
+
+@dataclass
+class Comparison:
+    passed: bool
+    max_abs: dict = field(default_factory=dict)  # output -> max |trt - ort|
+    max_rel: dict = field(default_factory=dict)  # output -> max |trt - ort| / |ort|
+
+
+def _as_numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # polygraphy may hand back torch tensors
+        x = x.detach().float().cpu() if x.is_floating_point() else x.detach().cpu()
+    return np.asarray(x)
+
+
+def compare_runners(runners: list, feed: dict[str, np.ndarray], rtol: float, atol: float) -> Comparison:
+    """Run polygraphy runners (the first is the reference) on one feed and compare."""
+    from polygraphy.comparator import Comparator, CompareFunc
+
+    results = Comparator.run(runners, data_loader=[feed])
+    accuracy = Comparator.compare_accuracy(
+        results, compare_func=CompareFunc.simple(rtol=rtol, atol=atol))
+    (_, ref_iters), *others = list(results.items())
+    out = Comparison(passed=bool(accuracy))
+    for _, iters in others:
+        for name, value in iters[0].items():
+            ref = _as_numpy(ref_iters[0][name]).astype(np.float64)
+            diff = np.abs(_as_numpy(value).astype(np.float64) - ref)
+            out.max_abs[name] = max(out.max_abs.get(name, 0.0), float(diff.max(initial=0.0)))
+            rel = diff / np.maximum(np.abs(ref), 1e-6)
+            out.max_rel[name] = max(out.max_rel.get(name, 0.0), float(rel.max(initial=0.0)))
+    return out
+
+
+def compare_with_onnxruntime(onnx_path, plan_path, feed: dict[str, np.ndarray],
+                             rtol: float, atol: float) -> Comparison:
+    """The plan against ONNX Runtime (CPU) on the same inputs, through polygraphy."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.backend.trt import EngineFromPath, TrtRunner
+
+    _trt()  # a clear error here rather than polygraphy's on activation
+    runners = [OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["cpu"])),
+               TrtRunner(EngineFromPath(str(plan_path)))]
+    return compare_runners(runners, feed, rtol, atol)

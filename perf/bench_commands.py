@@ -1,0 +1,37 @@
+"""`t2vserve bench gpu`: the networks' latency and MFU on this machine (see perf/bench_gpu.py)."""
+
+
+def _bench_gpu(args) -> int:
+    from t2vserve.perf.bench_gpu import bench_markdown, run_bench, write_bench
+
+    result = run_bench(preset=args.preset, device=args.device, dtype=args.dtype,
+                       repeats=args.repeats, warmup=args.warmup, compile=args.compile,
+                       cuda_graphs=args.cuda_graphs, baseline=not args.no_baseline,
+                       log=lambda s: print(s, flush=True))
+    path = write_bench(result, args.out_dir)
+    print(bench_markdown(result))
+    print(f"wrote {path} (+ .md summary)")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="micro-benchmarks of the networks on this machine")
+    bench = p.add_subparsers(dest="bench_command", required=True)
+
+    g = bench.add_parser("gpu", help="DiT (ours vs diffusers), VAE decode and umT5 latency, "
+                                     "TFLOP/s and MFU against a matmul peak measured here; "
+                                     "writes <out-dir>/gpu-<device>-<date>.json and .md")
+    g.add_argument("--preset", default="wan2.2-ti2v-5b", choices=["tiny", "wan2.2-ti2v-5b"],
+                   help="model size (default wan2.2-ti2v-5b; tiny runs on a CPU)")
+    g.add_argument("--dtype", choices=["bf16", "fp16", "fp32"],
+                   help="compute dtype (default bf16 on CUDA, fp32 on CPU)")
+    g.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the DiT")
+    g.add_argument("--cuda-graphs", action="store_true",
+                   help="capture the DiT as one CUDA graph per input shape and replay it")
+    g.add_argument("--no-baseline", action="store_true",
+                   help="skip diffusers' eager WanTransformer3DModel forward")
+    g.add_argument("--repeats", type=int, default=5, help="timed runs per figure (default 5)")
+    g.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+    g.add_argument("--out-dir", default="perf/results")
+    g.set_defaults(func=_bench_gpu)

@@ -1,0 +1,136 @@
+"""The torch runner with its GPU options: a compute dtype, torch.compile, CUDA graphs.
+
+Same interface as `runners.TorchRunner` (`run(named numpy arrays) -> named numpy arrays`).
+On CPU it runs without graphs (compile still optional), so the whole path is tested without
+a GPU; on CUDA one graph is captured per input-shape bucket and replayed.
+"""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# one definition of the rotary embedding: the export processor's, which matches diffusers
+from t2vserve.export.wrappers import _rope
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class WanAttnProcessorSDPA:
+    """The export processor's attention with SDPA at every dtype.
+
+    The export processor spells half-precision attention as matmul + FP32 softmax so the ONNX
+    graph keeps the softmax out of FP16; run eagerly, that materialises (B, heads, L, L)
+    scores, 143 GB in FP32 for a 27,280-token CFG batch. SDPA's flash and memory-efficient
+    kernels keep the softmax statistics in FP32 on chip, so they are safe in half precision
+    and O(L) in memory. In FP32 this is exactly the export processor.
+    """
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 rotary_emb=None):
+        if attn.add_k_proj is not None:
+            raise NotImplementedError("image-context (I2V) attention is not supported")
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
+        k = attn.norm_k(attn.to_k(context)).unflatten(2, (attn.heads, -1))
+        v = attn.to_v(context).unflatten(2, (attn.heads, -1))
+        if rotary_emb is not None:
+            q, k = _rope(q, *rotary_emb), _rope(k, *rotary_emb)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, L, head_dim)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
+        out = out.transpose(1, 2).flatten(2, 3).type_as(q)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def use_sdpa_attention(transformer) -> None:
+    for block in transformer.blocks:
+        block.attn1.set_processor(WanAttnProcessorSDPA())
+        block.attn2.set_processor(WanAttnProcessorSDPA())
+
+
+def _as_tuple(out) -> tuple:
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+class CudaTorchRunner:
+    """Runs an export wrapper on `device` in `dtype`, optionally compiled and graph-replayed.
+
+    The module is moved and cast in place (as `nn.Module.to` does). Floating inputs reach the
+    module in FP32 and the wrappers cast at their boundary, as their exported graphs do: a
+    BF16 timestep would round 999 to 1000 before the DiT's FP32 time embedding saw it.
+    """
+
+    def __init__(self, module, input_names: list[str], output_names: list[str], *,
+                 device: str = "cuda", dtype: str = "bf16", compile: bool = False,
+                 cuda_graphs: bool = False):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {str(self.device)!r} requested but CUDA is not available")
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"cuda_graphs needs a CUDA device, got device {str(self.device)!r}")
+        self.dtype = DTYPES[dtype]
+        self.module = module.eval().requires_grad_(False).to(device=self.device, dtype=self.dtype)
+        for m in self.module.modules():
+            # the VAE chunk wrappers cache their weights' dtype at construction
+            if isinstance(m.__dict__.get("dtype"), torch.dtype):
+                m.dtype = self.dtype
+        self.input_names = list(input_names)
+        self.output_names = list(output_names)
+        self.compiled = compile
+        self.cuda_graphs = cuda_graphs
+        self._fn = torch.compile(self.module) if compile else self.module
+        self._graphs = {}  # bucket -> (graph, static inputs, static outputs)
+
+    @staticmethod
+    def bucket(args) -> tuple:
+        return tuple((tuple(a.shape), a.dtype) for a in args)
+
+    def _capture(self, args):
+        # Private copies the graph reads from; replays copy new inputs into them.
+        static_in = [a.clone() for a in args]
+        # Lazy initialisation, cuBLAS/cuDNN heuristics and compilation must all happen
+        # before capture, on a side stream as the CUDA graphs docs require.
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._fn(*static_in)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                static_out = _as_tuple(self._fn(*static_in))
+        except RuntimeError as exc:
+            raise RuntimeError(f"CUDA graph capture failed for input shapes "
+                               f"{[tuple(a.shape) for a in args]}: {exc}") from exc
+        # Each bucket keeps its own memory pool: outputs are cloned after every replay, but
+        # private pools leave no ordering rule between buckets to get wrong.
+        return graph, static_in, static_out
+
+    def forward(self, *args: torch.Tensor) -> tuple:
+        """Device tensors in `input_names` order -> output tensors on the device."""
+        with torch.inference_mode():
+            if not self.cuda_graphs:
+                return _as_tuple(self._fn(*args))
+            key = self.bucket(args)
+            if key not in self._graphs:
+                self._graphs[key] = self._capture(args)
+            graph, static_in, static_out = self._graphs[key]
+            for buf, a in zip(static_in, args):
+                buf.copy_(a)
+            graph.replay()
+            # the next replay of this bucket overwrites static_out
+            return tuple(o.clone() for o in static_out)
+
+    __call__ = forward  # so vae_chunked.decode_chunked can drive two runners
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise KeyError(f"missing inputs {missing}; expected {self.input_names}")
+        args = [torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device)
+                for n in self.input_names]
+        out = self.forward(*args)
+        return {n: o.float().cpu().numpy() if o.is_floating_point() else o.cpu().numpy()
+                for n, o in zip(self.output_names, out)}

@@ -1,0 +1,248 @@
+"""TensorRT optimisation profiles, engine specs and native Triton configs: no TensorRT needed.
+
+The property that matters: every size request validation accepts lies inside every engine
+profile, and a size just outside the limits is refused by validation (so TensorRT never sees
+it). Profiles are derived from the project's own profile files and the real preset configs.
+"""
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from t2vserve.export.tensorrt_engine import ArtifactPaths, compare_runners, engine_specs
+from t2vserve.export.trt_profiles import (
+    GRAPHS,
+    check_request_fits,
+    evaluate,
+    optimisation_profiles,
+    preset_graphs,
+)
+from t2vserve.presets import get_preset
+from t2vserve.profile import Profile, load_profile
+from t2vserve.schema import GenerationRequest, RequestValidationError
+
+ROOT = Path(__file__).resolve().parents[2]
+NAMES = ("h100-480p", "h100-720p", "cpu-tiny")
+
+
+def _profile(name: str) -> Profile:
+    return load_profile(ROOT / "profiles" / f"{name}.yaml")
+
+
+def _edited(profile: Profile, edit) -> Profile:
+    data = copy.deepcopy(profile.data)
+    edit(data)
+    return Profile(data, profile.path)
+
+
+def _manifest(preset_name: str) -> dict:
+    """The manifest fields the TensorRT path reads, as `t2vserve export` writes them."""
+    preset = get_preset(preset_name)
+    return {"preset": preset.name, "text_len": preset.text_len,
+            "latent_channels": preset.latent_channels, "precision": {},
+            "graphs": preset_graphs(preset)}
+
+
+@pytest.fixture(scope="module")
+def profiles():
+    return {n: (_profile(n), optimisation_profiles(_profile(n))) for n in NAMES}
+
+
+def test_720p_shapes_come_from_limits_defaults_and_batch_sizes(profiles):
+    profile, shapes = profiles["h100-720p"]
+    lo, opt, hi = shapes["dit"]["latents"]
+    # 704..1280 px -> 44..80 latent on both axes; 17..121 frames -> 5..31 latent frames;
+    # opt is the default 1280x704x121 with CFG (batch 2); max batch is models.dit.max_batch_size
+    assert lo == (1, 48, 5, 44, 44)
+    assert opt == (2, 48, 31, 44, 80)
+    assert hi == (profile.model("dit")["max_batch_size"], 48, 31, 80, 80) == (2, 48, 31, 80, 80)
+    assert shapes["dit"]["timestep"] == ((1,), (2,), (2,))
+    assert shapes["dit"]["prompt_embeds"] == ((1, 512, 4096), (2, 512, 4096), (2, 512, 4096))
+    # text encoder: prompt + negative per request, text length fixed at the preset's 512
+    assert shapes["text_encoder"]["input_ids"] == ((1, 512), (2, 512), (8, 512))
+    assert shapes["text_encoder"]["attention_mask"] == shapes["text_encoder"]["input_ids"]
+    assert shapes["vae_decode_first"]["latents"] == (
+        (1, 48, 1, 44, 44), (1, 48, 1, 44, 80), (1, 48, 1, 80, 80))
+    assert set(shapes["vae_decode_first"]) == {"latents"}
+
+
+def test_480p_batch_and_size_ranges(profiles):
+    _, shapes = profiles["h100-480p"]
+    assert shapes["dit"]["latents"] == (
+        (1, 48, 5, 30, 30), (2, 48, 19, 30, 52), (4, 48, 19, 52, 52))
+    assert shapes["text_encoder"]["input_ids"][2] == (8, 512)
+
+
+def test_vae_caches_are_the_exporters_expressions_evaluated(profiles):
+    _, shapes = profiles["h100-720p"]
+    step = shapes["vae_decode_step"]
+    caches = [n for n in step if n.startswith("cache_")]
+    assert len(caches) == 32  # the 5B decoder's causal-conv caches
+    assert step["cache_0"] == ((1, 48, 2, 44, 44), (1, 48, 2, 44, 80), (1, 48, 2, 80, 80))
+    # the last caches sit after three x2 upsamplings
+    assert step["cache_31"] == ((1, 256, 2, 352, 352), (1, 256, 2, 352, 640), (1, 256, 2, 640, 640))
+
+
+def test_caches_of_a_hand_written_manifest_are_substituted():
+    profile = _profile("cpu-tiny")
+    manifest = _manifest("tiny")
+    latents = {"name": "latents", "dtype": "FP32", "shape": ["batch", 48, 1, "latent_height", "latent_width"]}
+    cache = {"name": "cache_0", "dtype": "FP32", "shape": ["batch", 16, 2, "8*latent_height", "8*latent_width"]}
+    manifest["graphs"]["vae_decode_step"]["inputs"] = [latents, cache]
+    shapes = optimisation_profiles(profile, manifest)["vae_decode_step"]
+    # cpu-tiny: 64..832 px, default 128 -> latent 4..52, opt 8
+    assert shapes["cache_0"] == ((1, 16, 2, 32, 32), (1, 16, 2, 64, 64), (1, 16, 2, 416, 416))
+    assert optimisation_profiles(profile)["text_encoder"]["input_ids"] == ((1, 256), (2, 256), (16, 256))
+
+
+@pytest.mark.slow
+def test_profiles_from_a_real_export_match_the_preset(tiny_artifacts):
+    profile = _profile("cpu-tiny")
+    manifest = json.loads((tiny_artifacts / "manifest.json").read_text())
+    assert optimisation_profiles(profile, manifest) == optimisation_profiles(profile)
+
+
+def _request(profile, **size) -> GenerationRequest:
+    fields = {k: v for k, v in profile.defaults.items()}
+    return GenerationRequest(prompt="a red fox in the snow", **{**fields, **size})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_size_validation_accepts_fits_the_engines(name, profiles):
+    profile, shapes = profiles[name]
+    lim = profile.limits
+    ws = range(lim.width[0], lim.width[1] + 1, lim.size_multiple)
+    hs = range(lim.height[0], lim.height[1] + 1, lim.size_multiple)
+    fs = [f for f in range(lim.num_frames[0], lim.num_frames[1] + 1) if (f - 1) % 4 == 0]
+    sizes = {(w, h, f) for w in (ws[0], ws[-1]) for h in (hs[0], hs[-1]) for f in (fs[0], fs[-1])}
+    sizes |= {(w, hs[-1], fs[0]) for w in ws} | {(ws[0], h, fs[-1]) for h in hs}
+    sizes |= {(ws[-1], hs[0], f) for f in fs}
+    sizes.add((profile.defaults["width"], profile.defaults["height"], profile.defaults["num_frames"]))
+    for w, h, f in sorted(sizes):
+        _request(profile, width=w, height=h, num_frames=f).validate(lim)
+        check_request_fits(profile, w, h, f, profiles=shapes)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sizes_outside_the_limits_are_refused_at_validation(name, profiles):
+    profile, shapes = profiles[name]
+    lim = profile.limits
+    m = lim.size_multiple
+    w0, h0, f0 = lim.width[0], lim.height[0], lim.num_frames[0]
+    beyond = [(lim.width[1] + m, h0, f0), (w0, lim.height[1] + m, f0), (w0, h0, lim.num_frames[1] + 4)]
+    below = [(w0 - m, h0, f0), (w0, h0 - m, f0), (w0, h0, f0 - 4), (w0 + 16, h0, f0), (w0, h0, f0 + 2)]
+    for w, h, f in beyond + below:
+        with pytest.raises(RequestValidationError):
+            _request(profile, width=w, height=h, num_frames=f).validate(lim)
+    # past the maxima the engines would refuse too: validation is what keeps TensorRT safe
+    for w, h, f in beyond:
+        with pytest.raises(ValueError, match="outside the engine profile"):
+            check_request_fits(profile, w, h, f, profiles=shapes)
+
+
+def test_inconsistent_profiles_are_refused():
+    profile = _profile("h100-480p")
+    bad_default = _edited(profile, lambda d: d["defaults"].update(width=1280))
+    with pytest.raises(ValueError, match=r"defaults.width 1280 is not a size the limits allow: 480..832"):
+        optimisation_profiles(bad_default)
+    too_long = _edited(profile, lambda d: d["limits"].update(prompt_tokens=600))
+    with pytest.raises(ValueError, match="limits.prompt_tokens 600 exceeds the text encoder's length 512"):
+        optimisation_profiles(too_long)
+    odd = _edited(profile, lambda d: d["limits"]["width"].update(multiple=16))
+    with pytest.raises(ValueError, match=r"multiple 16 must be a multiple of 32 \(VAE stride 16 x DiT patch 2\)"):
+        optimisation_profiles(odd)
+    with pytest.raises(ValueError, match="the export is of preset 'tiny', profile h100-480p serves"):
+        optimisation_profiles(profile, _manifest("tiny"))
+
+
+def test_dimension_expressions():
+    assert evaluate("4*latent_height", {"latent_height": 44}) == 176
+    assert evaluate(48, {}) == 48
+    with pytest.raises(ValueError, match="uses symbol 's0'; known symbols: batch"):
+        evaluate("2*s0", {"batch": 1})
+
+
+def test_engine_specs_take_precision_from_the_profile(tmp_path):
+    profile = _profile("h100-480p")
+    paths = ArtifactPaths.of(tmp_path / "onnx", tmp_path / "plans")
+    specs = {s.graph: s for s in engine_specs(profile, _manifest(profile.data["model"]["preset"]), paths)}
+    assert list(specs) == list(GRAPHS)
+    assert specs["text_encoder"].precision == "bf16" and specs["dit"].precision == "fp16"
+    assert specs["vae_decode_step"].precision == "fp16"
+    assert specs["dit"].fp32_inputs == ("timestep",) and not specs["dit"].fp32_softmax
+    assert specs["dit"].plan_path == tmp_path / "plans" / "dit.plan"
+    assert specs["dit"].shapes["latents"][2] == (4, 48, 19, 52, 52)
+    fp16_text = _edited(profile, lambda d: d["components"]["text_encoder"].update(precision="fp16"))
+    with pytest.raises(ValueError, match=r"components.text_encoder.precision 'fp16' is not supported "
+                                         r"by the TensorRT build; choose one of bf16, fp32"):
+        engine_specs(fp16_text, _manifest("wan2.2-ti2v-5b"), paths)
+
+
+def test_native_repository_for_h100_480p(tmp_path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from t2vserve.export.native_repository import render_native_repository
+
+    art, plans, out = tmp_path / "artifacts", tmp_path / "plans", tmp_path / "repo"
+    art.mkdir()
+    plans.mkdir()
+    (art / "manifest.json").write_text(json.dumps(_manifest("wan2.2-ti2v-5b")))
+    for graph in GRAPHS:
+        (plans / f"{graph}.plan").write_bytes(graph.encode())
+    (plans / "engines.json").write_text(json.dumps({"tensorrt": "10.13.0.35"}))
+    (out / "t2v").mkdir(parents=True)
+    (out / "t2v" / "config.pbtxt").write_text("python t2v stays")
+    profile = _edited(_profile("h100-480p"), lambda d: d["model"].update(artifacts=str(art)))
+    render_native_repository(profile, plans, out)
+
+    configs = {g: (out / g / "config.pbtxt").read_text() for g in GRAPHS}
+    for graph, text in configs.items():
+        parsed = text_format.Parse(text, model_config_pb2.ModelConfig())  # Triton's own schema
+        assert parsed.name == graph and parsed.platform == "tensorrt_plan"
+        assert (out / graph / "1" / "model.plan").read_bytes() == graph.encode()
+        assert "TensorRT 10.13.0.35" in text
+    dit = configs["dit"]
+    assert "max_batch_size: 4\n" in dit and "max_queue_delay_microseconds: 2000" in dit
+    assert '{ name: "latents" data_type: TYPE_FP32 dims: [ 48, -1, -1, -1 ] }' in dit
+    assert '{ name: "timestep" data_type: TYPE_FP32 dims: [ 1 ] reshape: { shape: [ ] } }' in dit
+    assert '{ name: "prompt_embeds" data_type: TYPE_FP32 dims: [ -1, 4096 ] }' in dit
+    assert '{ name: "noise_pred" data_type: TYPE_FP32 dims: [ 48, -1, -1, -1 ] }' in dit
+    assert "instance_group [ { kind: KIND_GPU count: 1 } ]" in dit
+    text = configs["text_encoder"]
+    assert "max_batch_size: 8\n" in text and "response_cache { enable: true }" in text
+    assert '{ name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] }' in text
+    step = configs["vae_decode_step"]
+    assert "max_batch_size: 1\n" in step
+    assert '{ name: "cache_31" data_type: TYPE_FP32 dims: [ 256, 2, -1, -1 ] }' in step
+    assert '{ name: "frames" data_type: TYPE_FP32 dims: [ 3, 4, -1, -1 ] }' in step
+    assert (out / "t2v" / "config.pbtxt").read_text() == "python t2v stays"
+
+
+def _onnx_scale(path: Path, scale: float) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "s"], ["y"]), helper.make_node("Softmax", ["y"], ["p"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor("s", TensorProto.FLOAT, [], [scale])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
+def test_comparison_through_polygraphy_runs_on_onnxruntime(tmp_path):
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    def runner(scale):
+        return OnnxrtRunner(SessionFromOnnx(str(_onnx_scale(tmp_path / f"{scale}.onnx", scale))))
+
+    feed = {"x": np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)}
+    same = compare_runners([runner(1.0), runner(1.0)], feed, rtol=1e-6, atol=1e-6)
+    assert same.passed and same.max_abs == {"p": 0.0}
+    off = compare_runners([runner(1.0), runner(1.5)], feed, rtol=1e-3, atol=1e-3)
+    assert not off.passed and off.max_abs["p"] > 1e-3
