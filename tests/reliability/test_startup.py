@@ -44,7 +44,7 @@ def test_undersized_shared_memory_fails_at_start_with_the_numbers(tmp_path, reco
     record("shm_undersized", what="`t2vserve serve` with server.shm_bytes 64 MiB (Docker's "
                                   "default /dev/shm) and the default limits",
            exit_code=proc.returncode, took_s=round(took, 1),
-           message=proc.stderr.strip().splitlines()[-1][:300])
+           message=proc.stderr.strip().splitlines()[-1][:600])
 
 
 def test_defaults_bind_loopback_and_restrict_model_control(tmp_path):
