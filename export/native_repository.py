@@ -34,7 +34,8 @@ def _tensor(graph: str, t: dict) -> str:
         raise ValueError(f"{graph}: {t['name']} has dtype {t['dtype']!r}; supported: "
                          f"{', '.join(sorted(TRITON_TYPES))}")
     if not t["shape"] or t["shape"][0] != "batch":
-        raise ValueError(f"{graph}: {t['name']} has shape {t['shape']}; the first axis must be 'batch'")
+        raise ValueError(f"{graph}: {t['name']} has shape {t['shape']}; "
+                         "the first axis must be 'batch'")
     dims = [d if isinstance(d, int) else -1 for d in t["shape"][1:]]
     line = f'{{ name: "{t["name"]}" data_type: {TRITON_TYPES[t["dtype"]]} '
     if not dims:

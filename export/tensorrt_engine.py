@@ -138,7 +138,8 @@ def engine_specs(profile, manifest: dict, paths: ArtifactPaths) -> list[EngineSp
     return specs
 
 
-def pin_fp32_layers(trt, network, *, softmax: bool = True, patterns=(), fp32_inputs=()) -> list[str]:
+def pin_fp32_layers(trt, network, *, softmax: bool = True, patterns=(),
+                    fp32_inputs=()) -> list[str]:
     """Set FP32 precision and output types on the layers listed in the module docstring;
     returns their names. Layers come in topological order (the ONNX node order)."""
     classes = {trt.LayerType.ELEMENTWISE: trt.IElementWiseLayer,
@@ -171,7 +172,7 @@ def pin_fp32_layers(trt, network, *, softmax: bool = True, patterns=(), fp32_inp
                   and (layer.op == trt.ElementWiseOperation.POW
                        or layer.op == trt.ElementWiseOperation.PROD and len(ins) == 2
                        and ins[0].name == ins[1].name))
-        from_constants = not acts and bool(ins) and layer.type in classes
+        from_constants = bool(ins) and layer.type in classes and outs[0].name not in variable
         if (layer.type in seeds or square or closure or from_constants
                 or layer.type == trt.LayerType.UNARY and layer.op in unary
                 or any(r.search(layer.name) for r in regexes)):
@@ -195,7 +196,8 @@ class Engine:
               workspace_gb: float = DEFAULT_WORKSPACE_GB) -> dict:
         """Parse spec.onnx_path, build with spec's precision and profile, write the plan."""
         if Path(spec.plan_path) != self.plan_path:
-            raise ValueError(f"spec.plan_path {spec.plan_path} is not this engine's {self.plan_path}")
+            raise ValueError(f"spec.plan_path {spec.plan_path} is not this engine's "
+                             f"{self.plan_path}")
         if not Path(spec.onnx_path).exists():
             raise FileNotFoundError(f"no ONNX graph at {spec.onnx_path}: run `t2vserve export`")
         trt = _trt()
@@ -233,7 +235,8 @@ class Engine:
 
         cache_path = Path(timing_cache_path) if timing_cache_path else None
         cache_bytes = cache_path.read_bytes() if cache_path and cache_path.exists() else b""
-        if not config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False):
+        cache = config.create_timing_cache(cache_bytes)
+        if not config.set_timing_cache(cache, ignore_mismatch=False):
             # a cache from another GPU or TensorRT version: start an empty one
             config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
@@ -276,7 +279,8 @@ class Engine:
         table = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16,
                  "INT8": torch.int8, "INT32": torch.int32, "INT64": torch.int64,
                  "BOOL": torch.bool, "UINT8": torch.uint8}
-        by_enum = {getattr(trt.DataType, k): v for k, v in table.items() if hasattr(trt.DataType, k)}
+        by_enum = {getattr(trt.DataType, k): v for k, v in table.items()
+                   if hasattr(trt.DataType, k)}
         self.dtypes = {n: by_enum[self.engine.get_tensor_dtype(n)] for n in names}
         return self
 
@@ -387,13 +391,16 @@ def _as_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def compare_runners(runners: list, feed: dict[str, np.ndarray], rtol: float, atol: float) -> Comparison:
+def compare_runners(runners: list, feed: dict[str, np.ndarray], rtol: float,
+                    atol: float) -> Comparison:
     """Run polygraphy runners (the first is the reference) on one feed and compare."""
-    from polygraphy.comparator import Comparator, CompareFunc
+    from polygraphy import comparator
 
-    results = Comparator.run(runners, data_loader=[feed])
-    accuracy = Comparator.compare_accuracy(
-        results, compare_func=CompareFunc.simple(rtol=rtol, atol=atol))
+    # CompareFunc.simple is deprecated from polygraphy 0.53 (removed in 0.60) for this class
+    simple = getattr(comparator, "SimpleCompareFunc", None) or comparator.CompareFunc.simple
+    results = comparator.Comparator.run(runners, data_loader=[feed])
+    accuracy = comparator.Comparator.compare_accuracy(
+        results, compare_func=simple(rtol=rtol, atol=atol))
     (_, ref_iters), *others = list(results.items())
     out = Comparison(passed=bool(accuracy))
     for _, iters in others:
@@ -416,3 +423,36 @@ def compare_with_onnxruntime(onnx_path, plan_path, feed: dict[str, np.ndarray],
     runners = [OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["cpu"])),
                TrtRunner(EngineFromPath(str(plan_path)))]
     return compare_runners(runners, feed, rtol, atol)
+
+
+def sample_feed(spec: EngineSpec, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs at the spec's opt shapes: token ids for the encoder, N(0,1) elsewhere."""
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for name, (_, opt, _) in spec.shapes.items():
+        if name == "input_ids":
+            feed[name] = rng.integers(3, 1000, opt).astype(np.int64)
+        elif name == "attention_mask":
+            feed[name] = np.ones(opt, np.int64)
+        elif name == "timestep":
+            feed[name] = rng.uniform(1.0, 999.0, opt).astype(np.float32)
+        else:
+            feed[name] = rng.standard_normal(opt).astype(np.float32)
+    return feed
+
+
+def compare_all(profile, *, log=print) -> dict[str, Comparison]:
+    """Every built plan of the profile against ONNX Runtime, with TOLERANCES (one command:
+    `t2vserve export --format tensorrt --profile P --compare`)."""
+    paths = ArtifactPaths.for_profile(profile)
+    manifest = json.loads((paths.onnx_dir / "manifest.json").read_text())
+    out = {}
+    for spec in engine_specs(profile, manifest, paths):
+        rtol, atol = TOLERANCES[(COMPONENT[spec.graph], spec.precision)]
+        result = compare_with_onnxruntime(spec.onnx_path, spec.plan_path, sample_feed(spec),
+                                          rtol, atol)
+        out[spec.graph] = result
+        log(f"  {spec.graph:<18}{spec.precision:<6} rtol {rtol:g} atol {atol:g}: "
+            f"{'PASS' if result.passed else 'FAIL'}  max_abs "
+            + ", ".join(f"{k} {v:.3e}" for k, v in result.max_abs.items()))
+    return out

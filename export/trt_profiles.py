@@ -182,7 +182,8 @@ def preset_graphs(preset: Preset) -> dict:
         "text_encoder": {
             "inputs": [io("input_ids", ["batch", "text_len"], "INT64"),
                        io("attention_mask", ["batch", "text_len"], "INT64")],
-            "outputs": [io("prompt_embeds", ["batch", "text_len", preset.text_encoder["d_model"]])]},
+            "outputs": [io("prompt_embeds",
+                           ["batch", "text_len", preset.text_encoder["d_model"]])]},
         "dit": {
             "inputs": [io("latents", lat), io("timestep", ["batch"]),
                        io("prompt_embeds", ["batch", "text_len", preset.dit["text_dim"]])],

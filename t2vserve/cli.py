@@ -7,9 +7,40 @@ import sys
 import time
 
 
+def _export_tensorrt(args) -> int:
+    from t2vserve.export.tensorrt_engine import ArtifactPaths, build_engines
+    from t2vserve.profile import load_profile
+
+    if not args.profile:
+        raise ValueError("--format tensorrt needs --profile (the engines' optimisation "
+                         "profiles come from its limits and batch sizes)")
+    profile = load_profile(args.profile)
+    _ensure_artifacts(profile)  # the ONNX graphs TensorRT parses
+    paths = ArtifactPaths.for_profile(profile)
+    print(f"building TensorRT engines for {profile.name} from {paths.onnx_dir} into "
+          f"{paths.plans_dir}", flush=True)
+    from t2vserve.export.tensorrt_engine import compare_all
+
+    try:
+        if not args.compare_only:
+            result = build_engines(profile, paths.onnx_dir, paths.plans_dir,
+                                   log=lambda s: print(s, flush=True))
+            print(f"wrote {len(result.get('graphs', result))} plans and {paths.engines_json}")
+        if args.compare or args.compare_only:
+            print("polygraphy: TensorRT vs ONNX Runtime at the opt shapes", flush=True)
+            results = compare_all(profile, log=lambda s: print(s, flush=True))
+            return 0 if all(r.passed for r in results.values()) else 1
+    except RuntimeError as exc:  # no TensorRT / no CUDA here: say so, no traceback
+        raise ValueError(str(exc)) from None
+    return 0
+
+
 def _export(args) -> int:
     from t2vserve.export.onnx_export import export_preset
     from t2vserve.presets import build_components
+
+    if args.format == "tensorrt":
+        return _export_tensorrt(args)
 
     out = args.out or f"build/artifacts/{args.preset}" + ("" if args.precision == "fp32" else f"-{args.precision}")
     t0 = time.perf_counter()
@@ -206,6 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-prompt", default="a red cup rotating slowly on a wooden table")
     p.add_argument("--check-steps", type=int, default=8)
     p.add_argument("--report", help="also write the check's figures to this JSON file")
+    p.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx",
+                   help="tensorrt: ONNX -> TensorRT plans for --profile (needs TensorRT and a "
+                        "GPU; exports the ONNX graphs first if missing)")
+    p.add_argument("--profile", help="deployment profile (--format tensorrt)")
+    p.add_argument("--compare", action="store_true",
+                   help="--format tensorrt: then compare each plan with ONNX Runtime "
+                        "(polygraphy, per-component tolerances); exit 1 on a miss")
+    p.add_argument("--compare-only", action="store_true", help="compare existing plans only")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("run", help="generate clips in process from exported artifacts (no server)")

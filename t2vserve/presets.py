@@ -6,6 +6,7 @@ per-token timesteps, rms_norm_across_heads, text cross-attention, residual VAE w
 config; it loads a local diffusers-format checkpoint, or builds random / meta weights.
 """
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,6 +121,15 @@ def _random_init_(module: torch.nn.Module, seed: int) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) / max(fan_in, 1) ** 0.5)
 
 
+# Trained weights for `tiny` (`make train-tiny`), used by default once they are shipped.
+TINY_WEIGHTS = Path(__file__).parent / "assets" / "tiny-weights"
+WEIGHTS = ("default", "random")
+
+
+def trained_tiny_available() -> bool:
+    return (TINY_WEIGHTS / "transformer.safetensors").exists()
+
+
 def build_components(
     preset: str | Preset = "tiny",
     *,
@@ -127,12 +137,15 @@ def build_components(
     device: str | torch.device = "cpu",
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    weights: str = "default",
 ) -> Components:
     """Build the preset's three networks.
 
     `checkpoint`: a diffusers-format pipeline folder (transformer/, vae/, text_encoder/,
-    tokenizer/). Without one, weights are seeded random; on device "meta" nothing is
-    allocated (configs and parameter counts only).
+    tokenizer/). Without one: `tiny` loads its shipped trained weights when they exist
+    (`weights="default"`; `seed` is then unused), otherwise weights are seeded random
+    (`weights="random"` forces that); on device "meta" nothing is allocated (configs and
+    parameter counts only).
     """
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
@@ -140,6 +153,10 @@ def build_components(
     from t2vserve.tokenizer import load_tokenizer
 
     preset = get_preset(preset) if isinstance(preset, str) else preset
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    trained = (checkpoint is None and weights == "default" and preset.name == "tiny"
+               and str(device) != "meta" and trained_tiny_available())
     if checkpoint is not None:
         ckpt = Path(checkpoint)
         for sub in ("transformer", "vae", "text_encoder"):
@@ -154,13 +171,23 @@ def build_components(
         tokenizer = load_tokenizer(ckpt / "tokenizer")
         comps = Components(preset, text_encoder, transformer, vae, tokenizer)
     else:
+        vae_config = preset.vae
+        if trained:  # the statistics of the trained VAE's latents, not the stand-ins
+            vae_config = {**preset.vae,
+                          **json.loads((TINY_WEIGHTS / "latents.json").read_text())}
         with torch.device(device):
             transformer = WanTransformer3DModel(**preset.dit)
-            vae = AutoencoderKLWan(**preset.vae)
+            vae = AutoencoderKLWan(**vae_config)
             config = UMT5Config(**preset.text_encoder)
             config._attn_implementation = "eager"  # the only implementation that exports
             text_encoder = UMT5EncoderModel(config)
-        if str(device) != "meta":
+        if trained:
+            from safetensors.torch import load_model
+
+            for name, m in (("text_encoder", text_encoder), ("transformer", transformer),
+                            ("vae", vae)):
+                load_model(m, str(TINY_WEIGHTS / f"{name}.safetensors"), strict=True)
+        elif str(device) != "meta":
             for i, m in enumerate((text_encoder, transformer, vae)):
                 _random_init_(m, seed + i)
         tokenizer = load_tokenizer() if preset.name == "tiny" else None

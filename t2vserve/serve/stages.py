@@ -26,7 +26,7 @@ def load_manifest(profile: Profile) -> dict:
     return json.loads(path.read_text())
 
 
-RUNTIMES = ("onnxruntime", "torch")
+RUNTIMES = ("onnxruntime", "torch", "tensorrt")
 
 
 def make_runner(profile: Profile, component: str, graph: str, threads: int = 0) -> Runner:
@@ -36,6 +36,16 @@ def make_runner(profile: Profile, component: str, graph: str, threads: int = 0) 
         return OnnxRuntimeRunner(profile.artifacts / f"{graph}.onnx", intra_op_threads=threads)
     if runtime == "torch":
         return _torch_runners(profile, threads)[graph]
+    if runtime == "tensorrt":
+        # plans from `t2vserve export --format tensorrt --profile P`; input/output names are
+        # read from the plan, so they match the ONNX graph it was built from
+        from t2vserve.export.tensorrt_engine import ArtifactPaths, TensorRTRunner
+
+        plan = ArtifactPaths.for_profile(profile).plan(graph)
+        if not plan.exists():
+            raise FileNotFoundError(f"{plan} not found: run `t2vserve export --format tensorrt "
+                                    f"--profile {profile.path}`")
+        return TensorRTRunner(plan)
     raise ValueError(f"components.{component}.runtime {runtime!r} is not available in this "
                      f"build; supported: {', '.join(RUNTIMES)}")
 

@@ -43,5 +43,8 @@ def test_torch_and_onnxruntime_runtimes_agree(tmp_path, tiny_artifacts):
     latents = np.random.default_rng(0).standard_normal((1, 48, 2, 4, 4)).astype(np.float32)
     fa, fb = stages.VaeStage(onnx).decode(latents), stages.VaeStage(torch_).decode(latents)
     assert fa.shape == (1, 5, 64, 64, 3) and np.abs(fa.astype(int) - fb.astype(int)).max() <= 1
-    with pytest.raises(ValueError, match="supported: onnxruntime, torch"):
+    with pytest.raises(ValueError, match="supported: onnxruntime, torch, tensorrt"):
+        stages.make_runner(_profile(tmp_path, tiny_artifacts, "openvino"), "dit", "dit")
+    # tensorrt is known, but needs the plans `export --format tensorrt` builds
+    with pytest.raises(FileNotFoundError, match="export --format tensorrt"):
         stages.make_runner(_profile(tmp_path, tiny_artifacts, "tensorrt"), "dit", "dit")

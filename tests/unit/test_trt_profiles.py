@@ -89,13 +89,16 @@ def test_vae_caches_are_the_exporters_expressions_evaluated(profiles):
 def test_caches_of_a_hand_written_manifest_are_substituted():
     profile = _profile("cpu-tiny")
     manifest = _manifest("tiny")
-    latents = {"name": "latents", "dtype": "FP32", "shape": ["batch", 48, 1, "latent_height", "latent_width"]}
-    cache = {"name": "cache_0", "dtype": "FP32", "shape": ["batch", 16, 2, "8*latent_height", "8*latent_width"]}
+    latents = {"name": "latents", "dtype": "FP32",
+               "shape": ["batch", 48, 1, "latent_height", "latent_width"]}
+    cache = {"name": "cache_0", "dtype": "FP32",
+             "shape": ["batch", 16, 2, "8*latent_height", "8*latent_width"]}
     manifest["graphs"]["vae_decode_step"]["inputs"] = [latents, cache]
     shapes = optimisation_profiles(profile, manifest)["vae_decode_step"]
     # cpu-tiny: 64..832 px, default 128 -> latent 4..52, opt 8
     assert shapes["cache_0"] == ((1, 16, 2, 32, 32), (1, 16, 2, 64, 64), (1, 16, 2, 416, 416))
-    assert optimisation_profiles(profile)["text_encoder"]["input_ids"] == ((1, 256), (2, 256), (16, 256))
+    text = optimisation_profiles(profile)["text_encoder"]["input_ids"]
+    assert text == ((1, 256), (2, 256), (16, 256))
 
 
 @pytest.mark.slow
@@ -120,7 +123,8 @@ def test_every_size_validation_accepts_fits_the_engines(name, profiles):
     sizes = {(w, h, f) for w in (ws[0], ws[-1]) for h in (hs[0], hs[-1]) for f in (fs[0], fs[-1])}
     sizes |= {(w, hs[-1], fs[0]) for w in ws} | {(ws[0], h, fs[-1]) for h in hs}
     sizes |= {(ws[-1], hs[0], f) for f in fs}
-    sizes.add((profile.defaults["width"], profile.defaults["height"], profile.defaults["num_frames"]))
+    d = profile.defaults
+    sizes.add((d["width"], d["height"], d["num_frames"]))
     for w, h, f in sorted(sizes):
         _request(profile, width=w, height=h, num_frames=f).validate(lim)
         check_request_fits(profile, w, h, f, profiles=shapes)
@@ -132,8 +136,10 @@ def test_sizes_outside_the_limits_are_refused_at_validation(name, profiles):
     lim = profile.limits
     m = lim.size_multiple
     w0, h0, f0 = lim.width[0], lim.height[0], lim.num_frames[0]
-    beyond = [(lim.width[1] + m, h0, f0), (w0, lim.height[1] + m, f0), (w0, h0, lim.num_frames[1] + 4)]
-    below = [(w0 - m, h0, f0), (w0, h0 - m, f0), (w0, h0, f0 - 4), (w0 + 16, h0, f0), (w0, h0, f0 + 2)]
+    beyond = [(lim.width[1] + m, h0, f0), (w0, lim.height[1] + m, f0),
+              (w0, h0, lim.num_frames[1] + 4)]
+    below = [(w0 - m, h0, f0), (w0, h0 - m, f0), (w0, h0, f0 - 4),
+             (w0 + 16, h0, f0), (w0, h0, f0 + 2)]  # and off the 32-pixel / 4k+1 grids
     for w, h, f in beyond + below:
         with pytest.raises(RequestValidationError):
             _request(profile, width=w, height=h, num_frames=f).validate(lim)
@@ -146,15 +152,19 @@ def test_sizes_outside_the_limits_are_refused_at_validation(name, profiles):
 def test_inconsistent_profiles_are_refused():
     profile = _profile("h100-480p")
     bad_default = _edited(profile, lambda d: d["defaults"].update(width=1280))
-    with pytest.raises(ValueError, match=r"defaults.width 1280 is not a size the limits allow: 480..832"):
+    with pytest.raises(ValueError,
+                       match=r"defaults.width 1280 is not a size the limits allow: 480..832"):
         optimisation_profiles(bad_default)
     too_long = _edited(profile, lambda d: d["limits"].update(prompt_tokens=600))
-    with pytest.raises(ValueError, match="limits.prompt_tokens 600 exceeds the text encoder's length 512"):
+    with pytest.raises(ValueError,
+                       match="limits.prompt_tokens 600 exceeds the text encoder's length 512"):
         optimisation_profiles(too_long)
     odd = _edited(profile, lambda d: d["limits"]["width"].update(multiple=16))
-    with pytest.raises(ValueError, match=r"multiple 16 must be a multiple of 32 \(VAE stride 16 x DiT patch 2\)"):
+    with pytest.raises(ValueError, match=r"multiple 16 must be a multiple of 32 "
+                                         r"\(VAE stride 16 x DiT patch 2\)"):
         optimisation_profiles(odd)
-    with pytest.raises(ValueError, match="the export is of preset 'tiny', profile h100-480p serves"):
+    with pytest.raises(ValueError,
+                       match="the export is of preset 'tiny', profile h100-480p serves"):
         optimisation_profiles(profile, _manifest("tiny"))
 
 
@@ -168,7 +178,8 @@ def test_dimension_expressions():
 def test_engine_specs_take_precision_from_the_profile(tmp_path):
     profile = _profile("h100-480p")
     paths = ArtifactPaths.of(tmp_path / "onnx", tmp_path / "plans")
-    specs = {s.graph: s for s in engine_specs(profile, _manifest(profile.data["model"]["preset"]), paths)}
+    manifest = _manifest(profile.data["model"]["preset"])
+    specs = {s.graph: s for s in engine_specs(profile, manifest, paths)}
     assert list(specs) == list(GRAPHS)
     assert specs["text_encoder"].precision == "bf16" and specs["dit"].precision == "fp16"
     assert specs["vae_decode_step"].precision == "fp16"
@@ -176,8 +187,9 @@ def test_engine_specs_take_precision_from_the_profile(tmp_path):
     assert specs["dit"].plan_path == tmp_path / "plans" / "dit.plan"
     assert specs["dit"].shapes["latents"][2] == (4, 48, 19, 52, 52)
     fp16_text = _edited(profile, lambda d: d["components"]["text_encoder"].update(precision="fp16"))
-    with pytest.raises(ValueError, match=r"components.text_encoder.precision 'fp16' is not supported "
-                                         r"by the TensorRT build; choose one of bf16, fp32"):
+    with pytest.raises(ValueError, match=r"components.text_encoder.precision 'fp16' is not "
+                                         r"supported by the TensorRT build; choose one of "
+                                         r"bf16, fp32"):
         engine_specs(fp16_text, _manifest("wan2.2-ti2v-5b"), paths)
 
 
@@ -231,7 +243,8 @@ def _onnx_scale(path: Path, scale: float) -> Path:
         "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
         [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", 8])],
         [helper.make_tensor("s", TensorProto.FLOAT, [], [scale])])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    onnx.save(model, str(path))
     return path
 
 
