@@ -4,7 +4,15 @@
 def _bench_gpu(args) -> int:
     from t2vserve.perf.bench_gpu import bench_markdown, run_bench, write_bench
 
-    result = run_bench(preset=args.preset, device=args.device, dtype=args.dtype,
+    shapes = None
+    if args.shape:
+        try:
+            shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shape]
+        except ValueError:
+            shapes = []
+        if not shapes or any(len(s) != 3 for s in shapes):
+            raise ValueError(f"--shape takes WIDTHxHEIGHTxFRAMES, e.g. 1280x704x121; got {args.shape}")
+    result = run_bench(preset=args.preset, device=args.device, dtype=args.dtype, shapes=shapes,
                        repeats=args.repeats, warmup=args.warmup, compile=args.compile,
                        cuda_graphs=args.cuda_graphs, baseline=not args.no_baseline,
                        log=lambda s: print(s, flush=True))
@@ -31,6 +39,9 @@ def register(sub) -> None:
                    help="capture the DiT as one CUDA graph per input shape and replay it")
     g.add_argument("--no-baseline", action="store_true",
                    help="skip diffusers' eager WanTransformer3DModel forward")
+    g.add_argument("--shape", action="append", metavar="WxHxF",
+                   help="video size to bench, repeatable (default: the preset's two; "
+                        "the 5B's are 832x480x73 and 1280x704x121)")
     g.add_argument("--repeats", type=int, default=5, help="timed runs per figure (default 5)")
     g.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
     g.add_argument("--out-dir", default="perf/results")

@@ -295,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     from t2vserve.perf.commands import register as register_perf_commands
 
     register_perf_commands(sub)
+    from t2vserve.perf.bench_commands import register as register_bench_commands
+
+    register_bench_commands(sub)
     return parser
 
 

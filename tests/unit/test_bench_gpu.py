@@ -22,7 +22,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
 
 @pytest.fixture(scope="module")
 def bench():
-    return bench_gpu.run_bench(preset="tiny", device="cpu", repeats=2, warmup=1, log=lambda s: None)
+    return bench_gpu.run_bench(preset="tiny", device="cpu", repeats=2, warmup=0, log=lambda s: None)
 
 
 def _dit_inputs(tokens_hw=(8, 8), frames=5, seed=0):
@@ -80,7 +80,7 @@ def test_ours_computes_the_baselines_forward(bench):
 
 def test_baseline_skipped_with_a_reason(monkeypatch):
     monkeypatch.setattr(bench_gpu, "_baseline_processor", lambda: (None, "no diffusers here"))
-    r = bench_gpu.run_bench(preset="tiny", device="cpu", shapes=[(128, 128, 17)], repeats=1,
+    r = bench_gpu.run_bench(preset="tiny", device="cpu", shapes=[(64, 64, 5)], repeats=1,
                             warmup=0, log=lambda s: None)
     assert r["baseline"] == dict(r["baseline"], available=False, reason="no diffusers here")
     assert "baseline" not in r["dit"][0] and "speedup" not in r["dit"][0]
@@ -155,10 +155,15 @@ def test_cli_arguments():
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["bench", "gpu", "--preset", "tiny", "--dtype", "fp16", "--compile",
-                              "--cuda-graphs", "--no-baseline", "--repeats", "3"])
+                              "--cuda-graphs", "--no-baseline", "--repeats", "3",
+                              "--shape", "64x64x5"])
     assert (args.preset, args.dtype, args.compile, args.cuda_graphs, args.no_baseline,
-            args.repeats, args.out_dir) == ("tiny", "fp16", True, True, True, 3, "perf/results")
+            args.repeats, args.shape, args.out_dir) == \
+        ("tiny", "fp16", True, True, True, 3, ["64x64x5"], "perf/results")
     assert args.func.__name__ == "_bench_gpu"
+    bad = parser.parse_args(["bench", "gpu", "--preset", "tiny", "--shape", "64x64"])
+    with pytest.raises(ValueError, match=r"--shape takes WIDTHxHEIGHTxFRAMES"):
+        bad.func(bad)
 
 
 @pytest.mark.gpu
