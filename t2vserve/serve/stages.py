@@ -67,10 +67,32 @@ def _torch_runners(profile: Profile, threads: int) -> dict:
         model = profile.data["model"]
         comps = build_components(model["preset"], checkpoint=profile.resolve(model.get("checkpoint")))
         pipe = Pipeline.from_components(comps)
-        _TORCH[key] = {"text_encoder": pipe.text_encoder, "dit": pipe.dit,
-                       "vae_decode_first": pipe.vae_decode_first,
-                       "vae_decode_step": pipe.vae_decode_step}
+        runners = {"text_encoder": pipe.text_encoder, "dit": pipe.dit,
+                   "vae_decode_first": pipe.vae_decode_first,
+                   "vae_decode_step": pipe.vae_decode_step}
+        _TORCH[key] = {g: _on_device(profile, g, r) for g, r in runners.items()}
     return _TORCH[key]
+
+
+_COMPONENT = {"text_encoder": "text_encoder", "dit": "dit", "vae_decode_first": "vae_decoder",
+              "vae_decode_step": "vae_decoder"}
+
+
+def _on_device(profile: Profile, graph: str, runner):
+    """components.<c>.device: cuda -> the same wrapper on the GPU in the component's precision
+    (bf16/fp16/fp32), SDPA attention, optional torch.compile and CUDA graphs per shape."""
+    spec = profile.data["components"][_COMPONENT[graph]]
+    if spec.get("device", "cpu") == "cpu":
+        return runner
+    from t2vserve.torch_cuda import CudaTorchRunner, use_sdpa_attention
+
+    if graph == "dit":
+        # the export processor materialises L x L scores in half precision: 143 GB at 720p
+        use_sdpa_attention(runner.module.transformer)
+    return CudaTorchRunner(runner.module, runner.input_names, runner.output_names,
+                           device=spec["device"], dtype=spec.get("precision", "bf16"),
+                           compile=bool(spec.get("compile", False)),
+                           cuda_graphs=bool(spec.get("cuda_graphs", False)))
 
 
 def _scalar(values: dict, name: str):
