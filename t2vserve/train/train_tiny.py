@@ -1,0 +1,229 @@
+"""`make train-tiny`: weights for the `tiny` preset, trained on synthetic product clips.
+
+1. The tiny Wan2.2 VAE as an autoencoder on the clips (random 64x64x9 crops first, then whole
+   128x128x17 clips): L1 + a small KL term.
+2. Latents of a fixed clip set; their per-channel mean/std become the VAE's latents_mean/std
+   (what the pipeline de-normalises with).
+3. The tiny DiT with the flow-matching objective on those normalised latents, conditioned on
+   the tiny umT5 (frozen: its seeded random weights already give each word its own vectors),
+   with caption dropout to "" and to the default negative prompt, so classifier-free guidance
+   has a learned unconditional branch to push away from.
+
+Deterministic from --seed (one thread count, seeded data plan and noise). Writes
+safetensors, the latent statistics, the loss log and a loss-curve PNG into --out.
+"""
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from t2vserve.text_corpus import WAN_DEFAULT_NEGATIVE_PROMPT
+from t2vserve.train import synthetic
+
+SIZE = dict(width=128, height=128, frames=17)
+
+
+def _clips(plan, size=SIZE) -> torch.Tensor:
+    clips = [synthetic.render_clip(s.product, s.colour, s.background, s.motion, seed=s.seed,
+                                   **size) for s in plan]
+    x = torch.from_numpy(np.stack(clips)).float().div(127.5).sub(1.0)  # (B, F, H, W, 3)
+    return x.permute(0, 4, 1, 2, 3).contiguous()                       # (B, 3, F, H, W)
+
+
+def _lr(step: int, total: int, peak: float, warmup: int = 100) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def train_vae(vae, steps: int, seed: int, log, full_steps: int) -> list[float]:
+    vae.train().requires_grad_(True)
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    rng = np.random.default_rng(seed)
+    plan = synthetic.sample_plan(steps * 2 + full_steps, seed=seed)
+    losses = []
+    t0 = time.perf_counter()
+    for step in range(steps + full_steps):
+        if step < steps:
+            # crops: cheap steps that still see every colour, edge and texture
+            x = _clips(plan[2 * step:2 * step + 2])
+            f0 = int(rng.integers(0, x.shape[2] - 9 + 1))
+            i, j = (int(v) for v in rng.integers(0, 128 - 64 + 1, 2))
+            x = x[:, :, f0:f0 + 9, i:i + 64, j:j + 64]
+        else:
+            x = _clips(plan[2 * steps + (step - steps):2 * steps + (step - steps) + 1])
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, steps + full_steps, 1e-3)
+        post = vae.encode(x).latent_dist
+        recon = vae.decode(post.sample(generator=torch.Generator().manual_seed(seed + step))).sample
+        loss = (recon - x).abs().mean() + 1e-6 * post.kl().mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss))
+        if step % 50 == 0 or step == steps + full_steps - 1:
+            log(f"vae {step + 1}/{steps + full_steps} loss {np.mean(losses[-50:]):.4f} "
+                f"({time.perf_counter() - t0:.0f} s)")
+    vae.eval().requires_grad_(False)
+    return losses
+
+
+@torch.no_grad()
+def encode_set(vae, plan, batch: int = 4) -> torch.Tensor:
+    out = []
+    for k in range(0, len(plan), batch):
+        out.append(vae.encode(_clips(plan[k:k + batch])).latent_dist.mode())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def embed(text_encoder, tokenizer, texts: list[str], text_len: int) -> torch.Tensor:
+    from t2vserve.export.wrappers import TextEncoderExport
+    from t2vserve.pipeline import tokenize
+
+    enc = TextEncoderExport(text_encoder)
+    out = []
+    for k in range(0, len(texts), 32):
+        t = tokenize(tokenizer, texts[k:k + 32], text_len)
+        out.append(enc(torch.from_numpy(t["input_ids"]), torch.from_numpy(t["attention_mask"])))
+    return torch.cat(out)
+
+
+def train_dit(transformer, latents, cond, uncond, steps: int, batch: int, seed: int, log,
+              shift: float = 5.0, dropout: float = 0.1) -> list[float]:
+    """latents (N, C, T, h, w) normalised; cond (N, L, D) caption embeddings; uncond (2, L, D)."""
+    from t2vserve.export.wrappers import DiTExport
+
+    transformer.train().requires_grad_(True)
+    dit = DiTExport(transformer)
+    opt = torch.optim.AdamW(transformer.parameters(), lr=1e-3, weight_decay=0.01)
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    t0 = time.perf_counter()
+    for step in range(steps):
+        idx = torch.randint(0, len(latents), (batch,), generator=g)
+        x0, c = latents[idx], cond[idx].clone()
+        drop = torch.rand(batch, generator=g) < dropout
+        pick = torch.randint(0, len(uncond), (batch,), generator=g)
+        c[drop] = uncond[pick[drop]]
+        # half the noise levels from the shifted schedule inference samples, half uniform
+        u = torch.rand(batch, generator=g)
+        shifted = shift * u / (1 + (shift - 1) * u)
+        sigma = torch.where(torch.rand(batch, generator=g) < 0.5, shifted, u).clamp(1e-3, 1.0)
+        noise = torch.randn(x0.shape, generator=g)
+        s = sigma.view(-1, 1, 1, 1, 1)
+        xt = (1 - s) * x0 + s * noise
+        for grp in opt.param_groups:
+            grp["lr"] = _lr(step, steps, 1e-3, warmup=200)
+        pred = dit(xt, sigma * 1000.0, c)
+        loss = (pred - (noise - x0)).pow(2).mean()  # flow matching: v = noise - x0
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss))
+        if step % 200 == 0 or step == steps - 1:
+            log(f"dit {step + 1}/{steps} loss {np.mean(losses[-200:]):.4f} "
+                f"({time.perf_counter() - t0:.0f} s)")
+    transformer.eval().requires_grad_(False)
+    return losses
+
+
+def plot_losses(vae_losses, dit_losses, path: Path) -> None:
+    from t2vserve.perf.report import _plt
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), dpi=100)
+    for ax, losses, title in ((axes[0], vae_losses, "VAE: L1 + 1e-6 KL"),
+                              (axes[1], dit_losses, "DiT: flow matching MSE")):
+        k = max(1, len(losses) // 100)
+        smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+        ax.plot(losses, alpha=0.3)
+        ax.plot(np.arange(len(smooth)) + k - 1, smooth)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    from safetensors.torch import save_model
+
+    from t2vserve.presets import build_components
+
+    p = argparse.ArgumentParser(prog="python -m t2vserve.train.train_tiny", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="build/train-tiny")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vae-steps", type=int, default=1500, help="64x64x9 crop steps")
+    p.add_argument("--vae-full-steps", type=int, default=150, help="whole-clip steps after")
+    p.add_argument("--dit-steps", type=int, default=6000)
+    p.add_argument("--dit-batch", type=int, default=16)
+    p.add_argument("--clips", type=int, default=960, help="clips encoded for the DiT")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)  # same thread count, same float reductions
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    logf = open(out / "train.log", "w")
+
+    def log(msg):
+        print(msg, flush=True)
+        logf.write(msg + "\n")
+        logf.flush()
+
+    t_start = time.perf_counter()
+    comps = build_components("tiny", seed=args.seed, weights="random")
+    vae_losses = train_vae(comps.vae, args.vae_steps, args.seed, log, args.vae_full_steps)
+
+    plan = synthetic.sample_plan(args.clips, seed=args.seed + 1)
+    log(f"encoding {len(plan)} clips ...")
+    latents = encode_set(comps.vae, plan)
+    mean = latents.mean(dim=(0, 2, 3, 4))
+    std = latents.std(dim=(0, 2, 3, 4)).clamp_min(1e-3)
+    norm = (latents - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
+
+    text_len = comps.preset.text_len
+    # each clip with its caption in both languages: one latent, two ways to ask for it
+    rng = np.random.default_rng(args.seed + 2)
+    captions = [synthetic.caption(s.product, s.colour, s.background, s.motion, lang, rng)
+                for s in plan for lang in ("en", "zh")]
+    cond = embed(comps.text_encoder, comps.tokenizer, captions, text_len)
+    uncond = embed(comps.text_encoder, comps.tokenizer, ["", WAN_DEFAULT_NEGATIVE_PROMPT], text_len)
+    pairs = norm.repeat_interleave(2, dim=0)
+    dit_losses = train_dit(comps.transformer, pairs, cond, uncond, args.dit_steps,
+                           args.dit_batch, args.seed, log)
+
+    # save_model: umT5 ties its embedding to `shared`, which save_file refuses
+    save_model(comps.vae, str(out / "vae.safetensors"))
+    save_model(comps.transformer, str(out / "transformer.safetensors"))
+    save_model(comps.text_encoder, str(out / "text_encoder.safetensors"))
+    stats = {"latents_mean": [round(float(v), 6) for v in mean],
+             "latents_std": [round(float(v), 6) for v in std]}
+    (out / "latents.json").write_text(json.dumps(stats))
+    (out / "losses.json").write_text(json.dumps({"vae": vae_losses, "dit": dit_losses}))
+    plot_losses(vae_losses, dit_losses, out / "losses.png")
+    took = time.perf_counter() - t_start
+    summary = {"seed": args.seed, "vae_steps": args.vae_steps, "vae_full_steps": args.vae_full_steps,
+               "dit_steps": args.dit_steps, "dit_batch": args.dit_batch, "clips": len(plan),
+               "captions": len(captions), "threads": args.threads, "minutes": round(took / 60, 1),
+               "vae_final_loss": float(np.mean(vae_losses[-50:])),
+               "dit_final_loss": float(np.mean(dit_losses[-200:]))}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    log(f"done in {took / 60:.1f} min: {json.dumps(summary)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
