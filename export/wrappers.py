@@ -20,9 +20,15 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 class WanAttnProcessorExport:
     """Drop-in for diffusers' WanAttnProcessor (text-to-video path, no image context).
 
-    FP32: SDPA, bit-exact with diffusers. FP16: the softmax runs in FP32 (an island), since
-    attention logits of the 5B model overflow half precision at long sequence lengths.
+    FP32: SDPA, bit-exact with diffusers. FP16 (export): the softmax runs in FP32 (an
+    island), since attention logits of the 5B model overflow half precision at long sequence
+    lengths. `sdpa_always=True` (eager GPU runs) keeps SDPA in half precision too: its flash
+    and memory-efficient kernels keep the softmax statistics in FP32 on chip, whereas the
+    island materialises (B, heads, L, L) scores, 143 GB for a 27,280-token CFG batch.
     """
+
+    def __init__(self, sdpa_always: bool = False):
+        self.sdpa_always = sdpa_always
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  rotary_emb=None):
@@ -35,7 +41,7 @@ class WanAttnProcessorExport:
         if rotary_emb is not None:
             q, k = _rope(q, *rotary_emb), _rope(k, *rotary_emb)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, L, head_dim)
-        if q.dtype == torch.float32:
+        if q.dtype == torch.float32 or self.sdpa_always:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
         else:
             scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
@@ -44,10 +50,10 @@ class WanAttnProcessorExport:
         return attn.to_out[1](attn.to_out[0](out))
 
 
-def use_export_attention(transformer: nn.Module) -> None:
+def use_export_attention(transformer: nn.Module, sdpa_always: bool = False) -> None:
     for block in transformer.blocks:
-        block.attn1.set_processor(WanAttnProcessorExport())
-        block.attn2.set_processor(WanAttnProcessorExport())
+        block.attn1.set_processor(WanAttnProcessorExport(sdpa_always))
+        block.attn2.set_processor(WanAttnProcessorExport(sdpa_always))
 
 
 class TextEncoderExport(nn.Module):

@@ -7,44 +7,15 @@ a GPU; on CUDA one graph is captured per input-shape bucket and replayed.
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-# one definition of the rotary embedding: the export processor's, which matches diffusers
-from t2vserve.export.wrappers import _rope
+from t2vserve.export.wrappers import use_export_attention
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-class WanAttnProcessorSDPA:
-    """The export processor's attention with SDPA at every dtype.
-
-    The export processor spells half-precision attention as matmul + FP32 softmax so the ONNX
-    graph keeps the softmax out of FP16; run eagerly, that materialises (B, heads, L, L)
-    scores, 143 GB in FP32 for a 27,280-token CFG batch. SDPA's flash and memory-efficient
-    kernels keep the softmax statistics in FP32 on chip, so they are safe in half precision
-    and O(L) in memory. In FP32 this is exactly the export processor.
-    """
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 rotary_emb=None):
-        if attn.add_k_proj is not None:
-            raise NotImplementedError("image-context (I2V) attention is not supported")
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
-        k = attn.norm_k(attn.to_k(context)).unflatten(2, (attn.heads, -1))
-        v = attn.to_v(context).unflatten(2, (attn.heads, -1))
-        if rotary_emb is not None:
-            q, k = _rope(q, *rotary_emb), _rope(k, *rotary_emb)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, L, head_dim)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
-        out = out.transpose(1, 2).flatten(2, 3).type_as(q)
-        return attn.to_out[1](attn.to_out[0](out))
-
-
 def use_sdpa_attention(transformer) -> None:
-    for block in transformer.blocks:
-        block.attn1.set_processor(WanAttnProcessorSDPA())
-        block.attn2.set_processor(WanAttnProcessorSDPA())
+    """SDPA at every dtype (see WanAttnProcessorExport): what eager GPU runs need."""
+    use_export_attention(transformer, sdpa_always=True)
 
 
 def _as_tuple(out) -> tuple:

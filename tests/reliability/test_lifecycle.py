@@ -7,22 +7,7 @@ import time
 
 import pytest
 
-from tests.reliability.conftest import t2v_inputs
-
-
-def _infer(url: str, **values):
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import InferenceServerException
-
-    c = grpcclient.InferenceServerClient(url)
-    t0 = time.monotonic()
-    try:
-        c.infer("t2v", t2v_inputs(**values), client_timeout=600)
-        return "ok", "", time.monotonic() - t0
-    except InferenceServerException as e:
-        return str(e.status()), e.message(), time.monotonic() - t0
-    finally:
-        c.close()
+from tests.reliability.conftest import infer
 
 
 def test_kill_9_of_a_stub_under_load(serve_factory, record):
@@ -30,7 +15,7 @@ def test_kill_9_of_a_stub_under_load(serve_factory, record):
     shm_before = s.shm_segments()
     assert s.stub_pids("dit") and shm_before
     with cf.ThreadPoolExecutor(4) as pool:
-        busy = [pool.submit(_infer, s.grpc_url, steps=50, width=256, height=256, num_frames=33,
+        busy = [pool.submit(infer, s.grpc_url, steps=50, width=256, height=256, num_frames=33,
                             seed=i) for i in range(4)]
         deadline = time.monotonic() + 60
         while s.stats("dit")["success"] < 8 and time.monotonic() < deadline:
@@ -43,7 +28,7 @@ def test_kill_9_of_a_stub_under_load(serve_factory, record):
     failed = [r for r in results if r[0] != "ok"]
     # the in-flight requests that needed dit after the kill fail with Triton's clear message
     assert failed, results
-    for status, message, _ in failed:
+    for status, message, _, _ in failed:
         assert "dit" in message and "not healthy" in message, message
     # the supervisor notices, reloads dit, and readiness comes back
     deadline = time.monotonic() + 120
@@ -58,14 +43,14 @@ def test_kill_9_of_a_stub_under_load(serve_factory, record):
     assert s.stub_pids("dit") and s.stub_pids("dit") != [victim]
     assert 't2vserve_stub_crashes_total{model="dit"} 1' in s.supervisor_metrics()
     # later requests succeed
-    later = [_infer(s.grpc_url, seed=100 + i) for i in range(3)]
+    later = [infer(s.grpc_url, seed=100 + i) for i in range(3)]
     assert all(r[0] == "ok" for r in later), later
     # the dead stub's shared-memory region is not left behind
     assert len(s.shm_segments()) <= len(shm_before), (shm_before, s.shm_segments())
     record("stub_crash", what="kill -9 of the dit stub with 4 requests in flight (50 steps, "
                               "256x256x33); then 3 requests",
            requests=len(results) + len(later), failed=len(failed),
-           failed_messages=sorted({m for _, m, _ in failed}),
+           failed_messages=sorted({m for _, m, _, _ in failed}),
            recovery_s=round(recovery_s, 1), later_ok=sum(r[0] == "ok" for r in later),
            shm_segments_before=len(shm_before), shm_segments_after=len(s.shm_segments()))
 
@@ -73,7 +58,7 @@ def test_kill_9_of_a_stub_under_load(serve_factory, record):
 def test_sigterm_under_load_finishes_in_flight_and_refuses_new(serve_factory, record):
     s = serve_factory({"models": {"t2v": {"instances": 3}}})
     with cf.ThreadPoolExecutor(4) as pool:
-        busy = [pool.submit(_infer, s.grpc_url, steps=30, width=192, height=192, seed=i)
+        busy = [pool.submit(infer, s.grpc_url, steps=30, width=192, height=192, seed=i)
                 for i in range(3)]
         time.sleep(1.5)
         t0 = time.monotonic()
@@ -84,7 +69,7 @@ def test_sigterm_under_load_finishes_in_flight_and_refuses_new(serve_factory, re
             time.sleep(0.05)
         readiness_false_s = time.monotonic() - t0
         assert not s.model_ready("t2v")
-        late = _infer(s.grpc_url, seed=99)
+        late = infer(s.grpc_url, seed=99)
         results = [f.result() for f in busy]
     assert all(r[0] == "ok" for r in results), results
     assert late[0] != "ok" and late[2] < 5, late
