@@ -121,8 +121,13 @@ class Supervisor:
         self.proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
                                      start_new_session=True)
         wait_ready(self.cfg, self.proc, timeout_s=600)
+        self._record_regions()  # now, not at the first poll: a stub may die before it
         self.state = "serving"
         log.warning("tritonserver ready (pid %d)", self.proc.pid)
+
+    def _record_regions(self) -> None:
+        self.regions.update({pid: region for pid, _, region in
+                             _stubs(self.proc.pid, self.cfg.repository)})
 
     def _reload(self, model: str, reason: str) -> None:
         self.state = "recovering"
@@ -143,6 +148,7 @@ class Supervisor:
             log.error("%s: reload failed (%s); restarting tritonserver", model, exc)
             self._restart_server(f"reload of {model} failed")
             return
+        self._record_regions()
         took = time.monotonic() - t0
         with self._lock:
             self._count("reloads", model)
