@@ -69,9 +69,12 @@ perf: $(STAMP)
 # the weights as its default and drop the artifacts exported from the old ones.
 train-tiny: $(STAMP)
 	$(PY) -m t2vserve.train.train_tiny --out build/train-tiny
+	$(PY) -m t2vserve.train.evaluate --weights build/train-tiny --out build/train-tiny/eval.json \
+		--sheet build/train-tiny/eval_sheet.png
 	mkdir -p t2vserve/assets/tiny-weights
 	cp build/train-tiny/{vae,transformer,text_encoder}.safetensors build/train-tiny/latents.json \
-		build/train-tiny/losses.png build/train-tiny/summary.json t2vserve/assets/tiny-weights/
+		build/train-tiny/losses.png build/train-tiny/summary.json build/train-tiny/eval.json \
+		t2vserve/assets/tiny-weights/
 	rm -rf build/artifacts/tiny build/model_repository
 
 clean:

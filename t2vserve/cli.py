@@ -181,7 +181,9 @@ def _demo(args) -> int:
     from t2vserve.profile import load_profile
     from t2vserve.serve.repository import render_repository
     from t2vserve.serve.server import ServerConfig, start, stop, wait_ready
-    from t2vserve.text_corpus import BRIEF_PROMPTS
+    from t2vserve.media import decode_mp4
+    from t2vserve.text_corpus import DEMO_PROMPTS
+    from t2vserve.train.measures import contact_sheet
 
     profile = load_profile(args.profile)
     _ensure_artifacts(profile)
@@ -195,11 +197,17 @@ def _demo(args) -> int:
     try:
         wait_ready(cfg, proc)
         client = T2VClient(f"{cfg.address}:{cfg.grpc_port}")
-        for i, prompt in enumerate(args.prompt or BRIEF_PROMPTS):
+        prompts = [(p, None) for p in args.prompt] if args.prompt else DEMO_PROMPTS
+        clips, labels = [], []
+        for i, (prompt, gloss) in enumerate(prompts):
             t0 = time.perf_counter()
             video = client.generate(prompt, seed=args.seed + i)
             path = out_dir / f"demo_{i:02d}.mp4"
             path.write_bytes(video.mp4)
+            clips.append(decode_mp4(video.mp4)[0])
+            # the sheet's font has no CJK glyphs: non-ASCII prompts are labelled by their gloss
+            shown = prompt if prompt.isascii() else f"[zh] {gloss or '(see the log for the prompt)'}"
+            labels.append(f"{path.name}: {shown}")
             print(f"{path}  ({time.perf_counter() - t0:.1f} s, {len(video.mp4)} bytes, "
                   f"stages {video.info['stages_ms']})  <- {prompt}", flush=True)
         client.close()
@@ -209,7 +217,8 @@ def _demo(args) -> int:
         return 1
     finally:
         stop(proc)
-    print(f"wrote the demo clips to {out_dir}/")
+    contact_sheet(clips, labels, out_dir / "contact_sheet.png")
+    print(f"wrote the demo clips and contact_sheet.png (4 frames of each) to {out_dir}/")
     return 0
 
 
@@ -248,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_export)
 
     p = sub.add_parser("run", help="generate clips in process from exported artifacts (no server)")
-    p.add_argument("prompt", nargs="*", help="prompts (default: the brief's two examples)")
+    p.add_argument("prompt", nargs="*", help="prompts (default: six product shots, English and Chinese, "
+                   "in the trained tiny model's vocabulary)")
     p.add_argument("--artifacts", default="build/artifacts/tiny", help="what `export` wrote")
     p.add_argument("--out-dir", default="build/run", help="where the MP4s go")
     p.add_argument("--width", type=int)
@@ -282,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="start the server, generate the example product clips "
                                     "through the gRPC client, stop the server")
-    p.add_argument("prompt", nargs="*", help="prompts (default: the brief's two examples)")
+    p.add_argument("prompt", nargs="*", help="prompts (default: six product shots, English and Chinese, "
+                   "in the trained tiny model's vocabulary)")
     p.add_argument("--profile", default="profiles/cpu-tiny.yaml")
     p.add_argument("--repo", default="build/model_repository")
     p.add_argument("--out-dir", default="build/demo")

@@ -49,9 +49,12 @@ UMT5_XXL = dict(
     tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
 )
 
+# Width 256: a token is a 1x2x2 patch of 48 channels (192 numbers), and a narrower model
+# cannot even carry its noise through (trained at width 64 it plateaued at the loss of a
+# linear predictor and ignored the prompt). Still ~3M parameters, 80 tokens at 128x128x17.
 TINY_DIT = dict(
-    WAN22_5B_DIT, num_attention_heads=4, attention_head_dim=16, text_dim=32, freq_dim=64,
-    ffn_dim=128, num_layers=2,
+    WAN22_5B_DIT, num_attention_heads=4, attention_head_dim=64, text_dim=32, freq_dim=64,
+    ffn_dim=512, num_layers=3,
 )
 TINY_VAE = dict(
     WAN22_5B_VAE, base_dim=8, decoder_base_dim=16, num_res_blocks=1,
@@ -126,8 +129,8 @@ TINY_WEIGHTS = Path(__file__).parent / "assets" / "tiny-weights"
 WEIGHTS = ("default", "random")
 
 
-def trained_tiny_available() -> bool:
-    return (TINY_WEIGHTS / "transformer.safetensors").exists()
+def trained_tiny_available(weights_dir: str | Path = TINY_WEIGHTS) -> bool:
+    return (Path(weights_dir) / "transformer.safetensors").exists()
 
 
 def build_components(
@@ -138,6 +141,7 @@ def build_components(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     weights: str = "default",
+    weights_dir: str | Path = TINY_WEIGHTS,
 ) -> Components:
     """Build the preset's three networks.
 
@@ -145,7 +149,8 @@ def build_components(
     tokenizer/). Without one: `tiny` loads its shipped trained weights when they exist
     (`weights="default"`; `seed` is then unused), otherwise weights are seeded random
     (`weights="random"` forces that); on device "meta" nothing is allocated (configs and
-    parameter counts only).
+    parameter counts only). `weights_dir`: where the tiny preset's trained weights are
+    (default: the shipped ones; `make train-tiny`'s output folder to try a fresh run).
     """
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
@@ -156,7 +161,7 @@ def build_components(
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     trained = (checkpoint is None and weights == "default" and preset.name == "tiny"
-               and str(device) != "meta" and trained_tiny_available())
+               and str(device) != "meta" and trained_tiny_available(weights_dir))
     if checkpoint is not None:
         ckpt = Path(checkpoint)
         for sub in ("transformer", "vae", "text_encoder"):
@@ -174,7 +179,7 @@ def build_components(
         vae_config = preset.vae
         if trained:  # the statistics of the trained VAE's latents, not the stand-ins
             vae_config = {**preset.vae,
-                          **json.loads((TINY_WEIGHTS / "latents.json").read_text())}
+                          **json.loads((Path(weights_dir) / "latents.json").read_text())}
         with torch.device(device):
             transformer = WanTransformer3DModel(**preset.dit)
             vae = AutoencoderKLWan(**vae_config)
@@ -186,7 +191,7 @@ def build_components(
 
             for name, m in (("text_encoder", text_encoder), ("transformer", transformer),
                             ("vae", vae)):
-                load_model(m, str(TINY_WEIGHTS / f"{name}.safetensors"), strict=True)
+                load_model(m, str(Path(weights_dir) / f"{name}.safetensors"), strict=True)
         elif str(device) != "meta":
             for i, m in enumerate((text_encoder, transformer, vae)):
                 _random_init_(m, seed + i)

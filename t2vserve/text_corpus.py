@@ -47,6 +47,17 @@ BRIEF_PROMPTS = [
     "a silver stainless-steel thermos on a wooden table, hot water poured in, steam rising",
 ]
 
+# `make demo`: product shots in the vocabulary the trained tiny preset was trained on
+# (t2vserve/train/synthetic.py), with an English gloss for the contact sheet's labels.
+DEMO_PROMPTS = [
+    ("a red cup rotating slowly on a wooden table", None),
+    ("蓝色瓶子在白色摄影棚里缓慢旋转", "blue bottle rotating slowly in a white studio"),
+    ("a yellow ball on a grey background, still", None),
+    ("木桌上的绿色盒子，画面静止", "green box on a wooden table, still"),
+    ("a purple box on a white studio background as the camera is zooming in", None),
+    ("橙色保温杯在灰色背景上缓慢旋转", "orange thermos cup rotating slowly on a grey background"),
+]
+
 
 def corpus_lines(n_per_language: int = 4000, seed: int = 0):
     """Template sentences in both languages, plus every word alone so each gets a piece."""

@@ -5,9 +5,10 @@ import re
 import numpy as np
 import pytest
 
+from t2vserve.train.measures import contact_sheet, dominant_hue, motion_energy, object_mask
 from t2vserve.train.synthetic import (
-    BACKGROUNDS, COLOURS, LANGUAGES, MOTIONS, PRODUCTS, caption, contact_sheet, dominant_hue,
-    iter_dataset, main, motion_energy, object_mask, render_clip, sample_plan,
+    BACKGROUNDS, COLOURS, LANGUAGES, MOTIONS, PRODUCTS, caption, iter_dataset, main, render_clip,
+    sample_plan,
 )
 
 

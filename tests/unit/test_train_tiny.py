@@ -1,0 +1,63 @@
+"""`make train-tiny`'s script on a few steps: deterministic from its seed, writes what the
+preset loads, and the pieces of its VAE loss do what they say."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from t2vserve.presets import build_components, trained_tiny_available
+from t2vserve.train import synthetic
+from t2vserve.train.train_tiny import _vae_loss, _weights, main
+
+FEW = ["--vae-steps", "2", "--vae-batch", "1", "--vae-full-steps", "1", "--dit-steps", "3",
+       "--dit-batch", "2", "--clips", "2", "--check-clips", "1"]
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    outs = [tmp_path_factory.mktemp(f"run{k}") for k in range(2)]
+    for out in outs:
+        assert main(["--out", str(out), *FEW]) == 0
+    return outs
+
+
+def test_same_seed_same_weights(two_runs):
+    a, b = two_runs
+    for name in ("vae", "transformer", "text_encoder"):
+        ta, tb = load_file(a / f"{name}.safetensors"), load_file(b / f"{name}.safetensors")
+        assert ta.keys() == tb.keys()
+        assert all(torch.equal(ta[k], tb[k]) for k in ta), name
+    assert (a / "latents.json").read_text() == (b / "latents.json").read_text()
+
+
+def test_outputs_load_as_the_tiny_preset(two_runs):
+    out = two_runs[0]
+    assert trained_tiny_available(out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dit_steps"] == 3 and np.isfinite(summary["dit_final_loss"])
+    losses = json.loads((out / "losses.json").read_text())
+    assert (len(losses["vae"]), len(losses["dit"])) == (3, 3)
+    assert (out / "losses.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    comps = build_components("tiny", weights_dir=out)
+    stats = json.loads((out / "latents.json").read_text())
+    assert list(comps.vae.config.latents_std) == stats["latents_std"]
+    trained = load_file(out / "transformer.safetensors")
+    assert torch.equal(comps.transformer.state_dict()["proj_out.weight"], trained["proj_out.weight"])
+
+
+def test_loss_weights_the_product_and_its_colour():
+    clip = synthetic.render_clip("cup", "red", "white studio", "still", seed=1, frames=5)
+    w = _weights(clip[None], 4.0)
+    assert w.shape == (1, 1, 5, 128, 128)
+    assert set(torch.unique(w).tolist()) == {1.0, 4.0}
+    assert 0.05 < (w == 4.0).float().mean() < 0.4  # the product, not the backdrop
+    x = torch.from_numpy(clip).float().div(127.5).sub(1).permute(3, 0, 1, 2)[None]
+    assert _vae_loss(x, x, w) == 0
+    # the same error costs more on the product than on the backdrop
+    on_product, on_backdrop = x.clone(), x.clone()
+    on_product[:, :, :, 64, 64] += 0.5   # the cup is centred
+    on_backdrop[:, :, :, 2, 2] += 0.5
+    assert _vae_loss(on_product, x, w) > _vae_loss(on_backdrop, x, w)
