@@ -73,6 +73,9 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", default=str(TINY_WEIGHTS), help="folder of trained tiny weights")
     ap.add_argument("--out", help="write the figures here (JSON)")
     ap.add_argument("--sheet", help="also write a contact sheet of the English colour clips (PNG)")
+    ap.add_argument("--require", action="store_true",
+                    help="exit 1 unless the run passes what tests/integration/test_trained_tiny.py "
+                    "asserts (colour >= 13/16, 3 fewer at guidance 1, rotating > still >= 7/8)")
     args = ap.parse_args(argv)
     if not trained_tiny_available(args.weights):
         raise SystemExit(f"no trained weights in {args.weights} (run `make train-tiny`)")
@@ -98,6 +101,13 @@ def main(argv=None) -> int:
         Path(args.out).write_text(json.dumps(result, indent=1))
     if args.sheet:
         contact_sheet([f for f, _ in shown], [p for _, p in shown], args.sheet)
+    failed = [what for what, ok in (
+        ("colour < 13/16", result["colour_hits"] >= 13),
+        ("guidance 1.0 not 3 below", result["colour_hits_guidance_1"] <= result["colour_hits"] - 3),
+        ("rotating > still < 7/8", result["motion_pairs_ordered"] >= 7)) if not ok]
+    if args.require and failed:
+        print(f"not good enough to install: {', '.join(failed)}")
+        return 1
     return 0
 
 
