@@ -49,12 +49,9 @@ UMT5_XXL = dict(
     tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
 )
 
-# Width 256: a token is a 1x2x2 patch of 48 channels (192 numbers), and a narrower model
-# cannot even carry its noise through (trained at width 64 it plateaued at the loss of a
-# linear predictor and ignored the prompt). Still ~3M parameters, 80 tokens at 128x128x17.
 TINY_DIT = dict(
-    WAN22_5B_DIT, num_attention_heads=4, attention_head_dim=64, text_dim=32, freq_dim=64,
-    ffn_dim=512, num_layers=3,
+    WAN22_5B_DIT, num_attention_heads=4, attention_head_dim=16, text_dim=32, freq_dim=64,
+    ffn_dim=128, num_layers=2,
 )
 TINY_VAE = dict(
     WAN22_5B_VAE, base_dim=8, decoder_base_dim=16, num_res_blocks=1,
