@@ -80,7 +80,8 @@ def train_vae(vae, steps: int, seed: int, log, full_steps: int, batch: int = 4,
             f0 = int(rng.integers(0, clips.shape[1] - 9 + 1))
             lo, hi = (16, 48) if rng.random() < 0.75 else (0, 64)
             i, j = (int(v) for v in rng.integers(lo, hi + 1, 2))
-            w = _weights(clips, object_weight)[:, :, f0:f0 + 9, i:i + 64, j:j + 64]
+            # masks need whole frames (they compare with the edges), but only the crop's 9
+            w = _weights(clips[:, f0:f0 + 9], object_weight)[..., i:i + 64, j:j + 64]
             x = _to_tensor(clips)[:, :, f0:f0 + 9, i:i + 64, j:j + 64]
         else:
             k = batch * steps + step - steps
@@ -107,11 +108,12 @@ def train_vae(vae, steps: int, seed: int, log, full_steps: int, batch: int = 4,
 def reconstruction_colours(vae, n: int = 16, seed: int = 10_000) -> list[tuple[str, str]]:
     """(colour, dominant colour of the VAE's reconstruction) for n held-out clips: what the
     decoder can draw at all, whatever the DiT does."""
+    from t2vserve.pipeline import to_uint8
+
     out = []
     for s in synthetic.sample_plan(n, seed=seed):
-        recon = vae.decode(vae.encode(_clips([s])).latent_dist.mode()).sample[0]
-        frames = ((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
-        out.append((s.colour, measures.dominant_hue(frames)[0]))
+        recon = vae.decode(vae.encode(_clips([s])).latent_dist.mode()).sample
+        out.append((s.colour, measures.dominant_hue(to_uint8(recon.numpy())[0])[0]))
     return out
 
 
@@ -260,8 +262,8 @@ def main(argv=None) -> int:
                                batch=args.vae_batch)
         vae_minutes = round((time.perf_counter() - t_start) / 60, 1)
     recon = reconstruction_colours(comps.vae, args.check_clips)
-    log(f"VAE reconstructions keep the colour of {sum(a == b for a, b in recon)}/{len(recon)} "
-        f"held-out clips: {recon}")
+    recon_hits = f"{sum(a == b for a, b in recon)}/{len(recon)}"
+    log(f"VAE reconstructions keep the colour of {recon_hits} held-out clips: {recon}")
 
     plan = synthetic.sample_plan(args.clips, seed=args.seed + 1)
     log(f"encoding {len(plan)} clips ...")
@@ -293,7 +295,7 @@ def main(argv=None) -> int:
     took = time.perf_counter() - t_start
     summary = {"seed": args.seed, "vae_from": args.vae_from, "vae_steps": args.vae_steps, "vae_batch": args.vae_batch,
                "vae_full_steps": args.vae_full_steps,
-               "vae_reconstruction_colour_hits": f"{sum(a == b for a, b in recon)}/{len(recon)}",
+               "vae_reconstruction_colour_hits": recon_hits,
                "dit_steps": args.dit_steps, "dit_batch": args.dit_batch, "clips": len(plan),
                "captions": len(captions), "threads": args.threads, "vae_minutes": vae_minutes,
                "minutes": round(took / 60, 1),
