@@ -50,8 +50,8 @@ UMT5_XXL = dict(
 )
 
 TINY_DIT = dict(
-    WAN22_5B_DIT, num_attention_heads=4, attention_head_dim=16, text_dim=32, freq_dim=64,
-    ffn_dim=128, num_layers=2,
+    WAN22_5B_DIT, num_attention_heads=4, attention_head_dim=64, text_dim=32, freq_dim=64,
+    ffn_dim=512, num_layers=3,
 )
 TINY_VAE = dict(
     WAN22_5B_VAE, base_dim=8, decoder_base_dim=16, num_res_blocks=1,

@@ -32,12 +32,16 @@ def test_frames_are_bit_exact_with_the_in_process_pipeline(client, server, tiny)
     ours = Pipeline.from_artifacts(server.artifacts).generate(request)
     # Same MP4 bytes from the same encoder settings: the served frames are bit-exact.
     assert video.mp4 == encode_mp4(ours, request.fps)
-    # And against the torch reference (not ONNX Runtime): PSNR of the decoded clips.
+    # And those frames against the torch reference (not ONNX Runtime), before any codec: the
+    # served clip's decoded MP4 is what the ONNX Runtime frames encode to, byte for byte, so
+    # comparing raw frames is the strict test. (Comparing two lossy encodings instead let
+    # H.264's choices on noise-like random-weight clips turn a 1-level difference into 39.6 dB.)
     reference = Pipeline.from_components(tiny).generate(request)
-    served, _ = decode_mp4(video.mp4)
-    ref_decoded, _ = decode_mp4(encode_mp4(reference, request.fps))
-    mse = np.mean((served.astype(float) - ref_decoded.astype(float)) ** 2)
+    assert ours.shape == reference.shape
+    mse = np.mean((ours.astype(float) - reference.astype(float)) ** 2)
     assert mse == 0 or 10 * np.log10(255**2 / mse) >= 40
+    served, _ = decode_mp4(video.mp4)
+    assert served.shape == ours.shape
 
 
 def test_same_request_same_bytes_and_cached_text(client):

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from t2vserve.presets import build_components, trained_tiny_available
 from t2vserve.train import synthetic
-from t2vserve.train.train_tiny import _vae_loss, _weights, main
+from t2vserve.train.train_tiny import _vae_loss, _weights, latent_cover, main
 
 FEW = ["--vae-steps", "2", "--vae-batch", "1", "--vae-full-steps", "1", "--dit-steps", "3",
        "--dit-batch", "2", "--clips", "2", "--check-clips", "1"]
@@ -61,3 +61,16 @@ def test_loss_weights_the_product_and_its_colour():
     on_product[:, :, :, 64, 64] += 0.5   # the cup is centred
     on_backdrop[:, :, :, 2, 2] += 0.5
     assert _vae_loss(on_product, x, w) > _vae_loss(on_backdrop, x, w)
+
+
+def test_dit_loss_weights_cover_the_product_latent_cells():
+    clip = synthetic.render_clip("cup", "red", "white studio", "still", seed=1, frames=17)
+    cover = latent_cover(clip[None], 5, 8, 8)  # the tiny VAE's latent grid for 128x128x17
+    assert cover.shape == (1, 1, 5, 8, 8)
+    assert set(torch.unique(cover).tolist()) == {0.0, 1.0}
+    assert cover[0, 0, :, 3:5, 3:5].min() == 1      # the centred cup, in every latent frame
+    assert cover[0, 0, :, 0, 0].max() == 0          # not the corner of the backdrop
+    assert 0.05 < cover.mean() < 0.5
+    # a panning product covers cells that a still one does not
+    pan = synthetic.render_clip("cup", "red", "white studio", "panning", seed=1, frames=17)
+    assert not torch.equal(latent_cover(pan[None], 5, 8, 8)[0, 0, -1], cover[0, 0, -1])
