@@ -48,11 +48,16 @@ def _clips(plan, size=SIZE) -> torch.Tensor:
     return _to_tensor(_render(plan, size))
 
 
+def _object_masks(clips: np.ndarray) -> torch.Tensor:
+    """(B, F, H, W) float 0/1: the product's pixels in every frame."""
+    return torch.from_numpy(np.stack([[measures.object_mask(f) for f in clip]
+                                      for clip in clips]).astype(np.float32))
+
+
 def _weights(clips: np.ndarray, object_weight: float) -> torch.Tensor:
     """(B, 1, F, H, W) loss weights: `object_weight` on the product, 1 on the background.
     The product is ~15 % of the pixels; unweighted, L1 learns the backdrop and greys it."""
-    masks = np.stack([[measures.object_mask(f) for f in clip] for clip in clips])
-    return torch.from_numpy(1.0 + (object_weight - 1.0) * masks.astype(np.float32))[:, None]
+    return (1.0 + (object_weight - 1.0) * _object_masks(clips))[:, None]
 
 
 def _vae_loss(recon, x, w) -> torch.Tensor:
@@ -114,33 +119,31 @@ def train_vae(vae, steps: int, seed: int, log, full_steps: int, batch: int = 4,
 
 
 @torch.no_grad()
+def _reconstruct(vae, sample) -> np.ndarray:
+    """uint8 frames (F, H, W, 3) of the VAE's reconstruction of one sample's clip."""
+    from t2vserve.pipeline import to_uint8
+
+    return to_uint8(vae.decode(vae.encode(_clips([sample])).latent_dist.mode()).sample.numpy())[0]
+
+
+@torch.no_grad()
 def reconstruction_colours(vae, n: int = 16, seed: int = 10_000) -> list[tuple[str, str]]:
     """(colour, dominant colour of the VAE's reconstruction) for n held-out clips: what the
     decoder can draw at all, whatever the DiT does."""
-    from t2vserve.pipeline import to_uint8
-
-    out = []
-    for s in synthetic.sample_plan(n, seed=seed):
-        recon = vae.decode(vae.encode(_clips([s])).latent_dist.mode()).sample
-        out.append((s.colour, measures.dominant_hue(to_uint8(recon.numpy())[0])[0]))
-    return out
+    return [(s.colour, measures.dominant_hue(_reconstruct(vae, s))[0])
+            for s in synthetic.sample_plan(n, seed=seed)]
 
 
 @torch.no_grad()
 def reconstruction_motion(vae, seed: int = 10_000) -> list[tuple[str, float, float]]:
     """(product, rotating, still) frame-to-frame change of the VAE's reconstructions of a red
     product on a wooden table: rotating must come back moving more than still."""
-    from t2vserve.pipeline import to_uint8
+    def energy(product, motion, seed):
+        sample = synthetic.Sample(product, "red", "wooden table", motion, "en", "", seed)
+        return round(measures.motion_energy(_reconstruct(vae, sample)), 5)
 
-    out = []
-    for k, product in enumerate(("cup", "box", "bottle", "ball")):
-        energy = []
-        for motion in ("rotating", "still"):
-            x = _clips([synthetic.Sample(product, "red", "wooden table", motion, "en", "", seed + k)])
-            recon = vae.decode(vae.encode(x).latent_dist.mode()).sample
-            energy.append(round(measures.motion_energy(to_uint8(recon.numpy())[0]), 5))
-        out.append((product, *energy))
-    return out
+    return [(product, energy(product, "rotating", seed + k), energy(product, "still", seed + k))
+            for k, product in enumerate(("cup", "box", "bottle", "ball"))]
 
 
 @torch.no_grad()
@@ -161,8 +164,7 @@ def word_preserving_text_encoder_(text_encoder, residual_scale: float = 0.05) ->
 def latent_cover(clips: np.ndarray, t: int, h: int, w: int) -> torch.Tensor:
     """(B, 1, t, h, w) in {0, 1}: latent cells whose pixels show the product in any of their
     frames (the VAE's first latent frame is clip frame 0, each later one the next 4)."""
-    masks = torch.from_numpy(np.stack([[measures.object_mask(f) for f in clip]
-                                       for clip in clips]).astype(np.float32))  # (B, F, H, W)
+    masks = _object_masks(clips)
     step = (masks.shape[1] - 1) // max(1, t - 1)
     groups = [masks[:, :1]] + [masks[:, 1 + step * i:1 + step * (i + 1)] for i in range(t - 1)]
     per_frame = torch.stack([g.amax(1) for g in groups], 1)  # (B, t, H, W)
@@ -195,8 +197,8 @@ def embed(text_encoder, tokenizer, texts: list[str], text_len: int) -> torch.Ten
 
 
 def train_dit(transformer, latents, cover, cond, uncond, steps: int, batch: int, seed: int, log,
-              shift: float = 5.0, dropout: float = 0.1, uniform: float = 0.3, object_weight: float = DIT_OBJECT_WEIGHT,
-              lr: float = DIT_LR) -> list[float]:
+              shift: float = 5.0, dropout: float = 0.1, uniform: float = 0.3,
+              object_weight: float = DIT_OBJECT_WEIGHT, lr: float = DIT_LR) -> list[float]:
     """latents (N, C, T, h, w) normalised; cover (N, 1, T, h, w) the product's latent cells;
     cond (N, L, D) caption embeddings; uncond (2, L, D).
 
