@@ -26,6 +26,8 @@ PROMPTS = BRIEF_PROMPTS + [
 ]
 # The models `t2v` calls through BLS, in pipeline order.
 COMPOSING_MODELS = ("text_encoder", "dit", "vae_decoder", "video_encoder")
+# `t2vserve serve` renders every model as version 1.
+MODEL_VERSION = "1"
 
 
 def workload(profile: Profile, n: int = 8) -> list[dict]:
@@ -92,36 +94,57 @@ def _request_latencies(export: Path) -> list[float]:
     return out
 
 
+def level_tag(concurrency: int | None, request_rate: float | None) -> str:
+    """The level's name in its file names: c4, r0.5."""
+    if (concurrency is None) == (request_rate is None):
+        raise ValueError("give exactly one of concurrency or request_rate")
+    return f"c{concurrency}" if concurrency is not None else f"r{request_rate:g}"
+
+
+def command(url: str, data_path: Path, *, concurrency: int | None = None,
+            request_rate: float | None = None, requests_per_window: int = 4,
+            model: str = "t2v", composing: tuple = COMPOSING_MODELS,
+            max_trials: int = 3) -> list[str]:
+    """The perf_analyzer command line for one level, run in the folder its files go to."""
+    tag = level_tag(concurrency, request_rate)
+    args = [
+        str(binary()), "-m", model, "-x", MODEL_VERSION, "-u", url, "-i", "grpc",
+        "--input-data", str(data_path), "--measurement-mode", "count_windows",
+        "--measurement-request-count", str(requests_per_window),
+        # count windows on a noisy shared box rarely look "stable"; keep what is measured
+        "--max-trials", str(max_trials), "--stability-percentage", "999",
+        # relative names, run inside work_dir: perf_analyzer names each composing model's CSV
+        # by prefixing "<model>_v1." to the -f string, which breaks on a path with folders
+        "-f", f"{tag}.csv", "--verbose-csv", "--profile-export-file", f"{tag}.export.json",
+    ]
+    if composing:
+        # Versions named: left unnamed, perf_analyzer takes a composing model's version from
+        # the stats whose queue count grew during the window, and stops with "failed to find
+        # the requested model version" when a window saw no call to it. That happens at
+        # concurrency 4, where requests finish in step and a window can hold the last two
+        # completions of a batch whose VAE and MP4 calls fell in the window before.
+        args += ["--bls-composing-models", ",".join(f"{m}:{MODEL_VERSION}" for m in composing)]
+    if concurrency is not None:
+        args += ["--concurrency-range", str(concurrency)]
+    else:
+        args += ["--request-rate-range", f"{request_rate:g}", "--request-distribution", "poisson"]
+    return args
+
+
 def measure(url: str, data_path: Path, work_dir: Path, *, concurrency: int | None = None,
             request_rate: float | None = None, requests_per_window: int = 4,
             model: str = "t2v", composing: tuple = COMPOSING_MODELS, max_trials: int = 3,
             timeout_s: float = 1800) -> LevelResult:
     """One load level. Count windows, because one request takes seconds; a request rate
     uses Poisson arrivals (what a platform's traffic looks like)."""
-    if (concurrency is None) == (request_rate is None):
-        raise ValueError("give exactly one of concurrency or request_rate")
-    tag = f"c{concurrency}" if concurrency is not None else f"r{request_rate:g}"
+    tag = level_tag(concurrency, request_rate)
+    args = command(url, Path(data_path).resolve(), concurrency=concurrency,
+                   request_rate=request_rate, requests_per_window=requests_per_window,
+                   model=model, composing=composing, max_trials=max_trials)
     work_dir = Path(work_dir).resolve()
-    data_path = Path(data_path).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     csv_path = work_dir / f"{tag}.csv"
     export = work_dir / f"{tag}.export.json"
-    args = [
-        str(binary()), "-m", model, "-u", url, "-i", "grpc", "--input-data", str(data_path),
-        "--measurement-mode", "count_windows",
-        "--measurement-request-count", str(requests_per_window),
-        # count windows on a noisy shared box rarely look "stable"; keep what is measured
-        "--max-trials", str(max_trials), "--stability-percentage", "999",
-        # relative names, run inside work_dir: perf_analyzer names each composing model's CSV
-        # by prefixing "<model>_v1." to the -f string, which breaks on a path with folders
-        "-f", csv_path.name, "--verbose-csv", "--profile-export-file", export.name,
-    ]
-    if composing:
-        args += ["--bls-composing-models", ",".join(composing)]
-    if concurrency is not None:
-        args += ["--concurrency-range", str(concurrency)]
-    else:
-        args += ["--request-rate-range", f"{request_rate:g}", "--request-distribution", "poisson"]
     proc = subprocess.run(args, env=environment(), capture_output=True, text=True,
                           timeout=timeout_s, cwd=work_dir)
     (work_dir / f"{tag}.log").write_text(proc.stdout + proc.stderr)
@@ -146,7 +169,7 @@ def measure(url: str, data_path: Path, work_dir: Path, *, concurrency: int | Non
     export.unlink()  # it carries every output video; the latencies are kept above
     for name in composing:
         # perf_analyzer writes one CSV per composing model next to the main one
-        path = work_dir / f"{name}_v1.{csv_path.name}"
+        path = work_dir / f"{name}_v{MODEL_VERSION}.{csv_path.name}"
         if not path.exists():
             continue
         with open(path) as f:

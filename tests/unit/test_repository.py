@@ -64,3 +64,20 @@ def test_prompt_token_limit_cannot_exceed_the_model(profile, tmp_path):
     profile.data["limits"]["prompt_tokens"] = 512
     with pytest.raises(RenderError, match="prompt_tokens 512 exceeds"):
         render_repository(profile, tmp_path / "repo")
+
+
+def test_perf_analyzer_names_the_rendered_version_of_every_model(profile, tmp_path):
+    """Versions left unnamed, perf_analyzer guesses each composing model's from its stats and
+    fails a window that saw no call to it (CI saw it at concurrency 4); named, they must be
+    the versions the repository actually holds."""
+    from t2vserve.perf.analyzer import COMPOSING_MODELS, command
+
+    repo = render_repository(profile, tmp_path / "repo")
+    args = command("127.0.0.1:8001", tmp_path / "input.json", concurrency=4)
+    top = args[args.index("-m") + 1], args[args.index("-x") + 1]
+    composing = [m.split(":") for m in args[args.index("--bls-composing-models") + 1].split(",")]
+    assert [name for name, _ in composing] == list(COMPOSING_MODELS)
+    for name, version in [top, *composing]:
+        assert (repo / name / version).is_dir(), (name, version)
+    with pytest.raises(ValueError, match="exactly one"):
+        command("127.0.0.1:8001", tmp_path / "input.json")
