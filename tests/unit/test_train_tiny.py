@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from t2vserve.presets import build_components, trained_tiny_available
 from t2vserve.train import synthetic
-from t2vserve.train.train_tiny import _vae_loss, _weights, latent_cover, main
+from t2vserve.train.train_tiny import (_PaddedContext, _vae_loss, _weights, compact_context,
+                                       embed, latent_cover, main)
 
 FEW = ["--vae-steps", "2", "--vae-batch", "1", "--vae-full-steps", "1", "--dit-steps", "3",
        "--dit-batch", "2", "--clips", "2", "--check-clips", "1"]
@@ -74,3 +75,37 @@ def test_dit_loss_weights_cover_the_product_latent_cells():
     # a panning product covers cells that a still one does not
     pan = synthetic.render_clip("cup", "red", "white studio", "panning", seed=1, frames=17)
     assert not torch.equal(latent_cover(pan[None], 5, 8, 8)[0, 0, -1], cover[0, 0, -1])
+
+
+def test_training_forward_is_the_served_dit_on_the_full_padded_context():
+    """train_dit's shortcuts (prompts cut short of their zero padding with a log-count bias,
+    one timestep per sample) compute what the exported DiT computes on all 256 positions."""
+    from t2vserve.export.wrappers import DiTExport
+    from t2vserve.text_corpus import WAN_DEFAULT_NEGATIVE_PROMPT
+
+    comps = build_components("tiny", seed=0, weights="random")
+    text_len = comps.preset.text_len
+    prompts = ["a red cup rotating slowly on a wooden table", "红色杯子在木桌上缓慢旋转", "",
+               WAN_DEFAULT_NEGATIVE_PROMPT]
+    cond = embed(comps.text_encoder, comps.tokenizer, prompts, text_len)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 48, 5, 8, 8, generator=g)
+    sigma = torch.tensor([0.9, 0.5, 0.2, 0.99])
+    dit = DiTExport(comps.transformer)
+    with torch.no_grad():
+        served = dit(x, sigma * 1000, cond)
+        context, bias = compact_context(cond, text_len)
+        assert context.shape[1] < text_len // 2
+        procs = [_PaddedContext(b.attn2.processor) for b in comps.transformer.blocks]
+        for block, proc in zip(comps.transformer.blocks, procs):
+            block.attn2.set_processor(proc)
+
+        def train_forward(b):
+            for proc in procs:
+                proc.bias = b
+            return comps.transformer(hidden_states=x, timestep=sigma * 1000,
+                                     encoder_hidden_states=context, return_dict=False)[0]
+
+        assert torch.allclose(train_forward(bias), served, atol=1e-5)
+        # the bias is what makes it exact: without it the pads weigh less and the output moves
+        assert (train_forward(None) - served).abs().max() > 1e-3
