@@ -319,7 +319,7 @@ def main(argv=None) -> int:
     p.add_argument("--vae-steps", type=int, default=1800, help="steps on 64x64x9 crops")
     p.add_argument("--vae-batch", type=int, default=4, help="crops per VAE step")
     p.add_argument("--vae-full-steps", type=int, default=150, help="whole-clip steps after")
-    p.add_argument("--dit-steps", type=int, default=4800)
+    p.add_argument("--dit-steps", type=int, default=8000)
     p.add_argument("--dit-batch", type=int, default=8)
     p.add_argument("--dit-object-weight", type=float, default=DIT_OBJECT_WEIGHT,
                    help="DiT loss weight on the product's latent cells (1 = unweighted)")
