@@ -208,6 +208,18 @@ class _PaddedContext:
         return self.inner(attn, hidden_states, encoder_hidden_states, self.bias, rotary_emb)
 
 
+def padded_context_attention(transformer) -> list[_PaddedContext]:
+    """Give the DiT the export wrapper's attention with every cross-attention wrapped in a
+    _PaddedContext; set their `bias` before each forward (use_export_attention undoes it)."""
+    from t2vserve.export.wrappers import use_export_attention
+
+    use_export_attention(transformer)
+    procs = [_PaddedContext(b.attn2.processor) for b in transformer.blocks]
+    for block, proc in zip(transformer.blocks, procs):
+        block.attn2.set_processor(proc)
+    return procs
+
+
 def compact_context(cond: torch.Tensor, text_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, text_len, D) prompt embeddings, zero past each prompt's length -> the first L
     positions (L = the longest prompt + 1) and a (B, 1, 1, L) logit bias for the DiT's
@@ -241,10 +253,7 @@ def train_dit(transformer, latents, cover, cond, uncond, steps: int, batch: int,
     timestep per sample rather than the same one repeated for every token."""
     from t2vserve.export.wrappers import use_export_attention
 
-    use_export_attention(transformer)
-    padded = [_PaddedContext(b.attn2.processor) for b in transformer.blocks]
-    for block, proc in zip(transformer.blocks, padded):
-        block.attn2.set_processor(proc)
+    padded = padded_context_attention(transformer)
     transformer.train().requires_grad_(True)
     opt = torch.optim.AdamW(transformer.parameters(), lr=lr, weight_decay=0.01)
     g = torch.Generator().manual_seed(seed)
@@ -352,7 +361,8 @@ def main(argv=None) -> int:
 
         load_model(comps.vae, str(Path(args.vae_from) / "vae.safetensors"), strict=True)
         vae_losses = json.loads((Path(args.vae_from) / "losses.json").read_text())["vae"]
-        vae_minutes = json.loads((Path(args.vae_from) / "summary.json").read_text()).get("vae_minutes")
+        earlier = json.loads((Path(args.vae_from) / "summary.json").read_text())
+        vae_minutes = earlier.get("vae_minutes")
         log(f"VAE from {args.vae_from} ({len(vae_losses)} steps, {vae_minutes} min there)")
     else:
         vae_losses = train_vae(comps.vae, args.vae_steps, args.seed, log, args.vae_full_steps,
@@ -393,7 +403,8 @@ def main(argv=None) -> int:
     (out / "losses.json").write_text(json.dumps({"vae": vae_losses, "dit": dit_losses}))
     plot_losses(vae_losses, dit_losses, out / "losses.png")
     took = time.perf_counter() - t_start
-    summary = {"seed": args.seed, "vae_from": args.vae_from, "vae_steps": args.vae_steps, "vae_batch": args.vae_batch,
+    summary = {"seed": args.seed, "vae_from": args.vae_from, "vae_steps": args.vae_steps,
+               "vae_batch": args.vae_batch,
                "vae_full_steps": args.vae_full_steps,
                "vae_reconstruction_colour_hits": recon_hits,
                "vae_reconstruction_motion": recon_motion,

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 
 from t2vserve.presets import build_components, trained_tiny_available
 from t2vserve.train import synthetic
-from t2vserve.train.train_tiny import (_PaddedContext, _vae_loss, _weights, compact_context,
-                                       embed, latent_cover, main)
+from t2vserve.train.train_tiny import (_vae_loss, _weights, compact_context, embed, latent_cover,
+                                       main, padded_context_attention)
 
 FEW = ["--vae-steps", "2", "--vae-batch", "1", "--vae-full-steps", "1", "--dit-steps", "3",
        "--dit-batch", "2", "--clips", "2", "--check-clips", "1"]
@@ -96,9 +96,7 @@ def test_training_forward_is_the_served_dit_on_the_full_padded_context():
         served = dit(x, sigma * 1000, cond)
         context, bias = compact_context(cond, text_len)
         assert context.shape[1] < text_len // 2
-        procs = [_PaddedContext(b.attn2.processor) for b in comps.transformer.blocks]
-        for block, proc in zip(comps.transformer.blocks, procs):
-            block.attn2.set_processor(proc)
+        procs = padded_context_attention(comps.transformer)
 
         def train_forward(b):
             for proc in procs:
