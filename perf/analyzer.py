@@ -101,12 +101,17 @@ def level_tag(concurrency: int | None, request_rate: float | None) -> str:
     return f"c{concurrency}" if concurrency is not None else f"r{request_rate:g}"
 
 
+def level_files(tag: str) -> tuple[str, str]:
+    """The level's CSV and profile-export file names, relative to its work folder."""
+    return f"{tag}.csv", f"{tag}.export.json"
+
+
 def command(url: str, data_path: Path, *, concurrency: int | None = None,
             request_rate: float | None = None, requests_per_window: int = 4,
             model: str = "t2v", composing: tuple = COMPOSING_MODELS,
             max_trials: int = 3) -> list[str]:
     """The perf_analyzer command line for one level, run in the folder its files go to."""
-    tag = level_tag(concurrency, request_rate)
+    csv_name, export_name = level_files(level_tag(concurrency, request_rate))
     args = [
         str(binary()), "-m", model, "-x", MODEL_VERSION, "-u", url, "-i", "grpc",
         "--input-data", str(data_path), "--measurement-mode", "count_windows",
@@ -115,7 +120,7 @@ def command(url: str, data_path: Path, *, concurrency: int | None = None,
         "--max-trials", str(max_trials), "--stability-percentage", "999",
         # relative names, run inside work_dir: perf_analyzer names each composing model's CSV
         # by prefixing "<model>_v1." to the -f string, which breaks on a path with folders
-        "-f", f"{tag}.csv", "--verbose-csv", "--profile-export-file", f"{tag}.export.json",
+        "-f", csv_name, "--verbose-csv", "--profile-export-file", export_name,
     ]
     if composing:
         # Versions named: left unnamed, perf_analyzer takes a composing model's version from
@@ -143,8 +148,7 @@ def measure(url: str, data_path: Path, work_dir: Path, *, concurrency: int | Non
                    model=model, composing=composing, max_trials=max_trials)
     work_dir = Path(work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
-    csv_path = work_dir / f"{tag}.csv"
-    export = work_dir / f"{tag}.export.json"
+    csv_path, export = (work_dir / name for name in level_files(tag))
     proc = subprocess.run(args, env=environment(), capture_output=True, text=True,
                           timeout=timeout_s, cwd=work_dir)
     (work_dir / f"{tag}.log").write_text(proc.stdout + proc.stderr)

@@ -2,16 +2,18 @@
 
 1. The tiny Wan2.2 VAE as an autoencoder on the clips (64x64x9 crops, mostly around the
    product, then whole 128x128x17 clips): L1 weighted 4x on the product, L1 of 8x8-pooled
-   frames (region colour), L1 of frame-to-frame differences (motion), a small KL term.
-   Then its reconstructions of held-out clips are checked for colour and motion.
+   frames (region colour), L1 of frame-to-frame differences (motion), a small KL term (and,
+   off by default, a term holding still clips' latents steady). Then its reconstructions of
+   held-out clips are checked for colour and motion. (t2vserve/train/vae.py)
 2. Latents of a fixed clip set; their per-channel mean/std become the VAE's latents_mean/std
    (what the pipeline de-normalises with).
 3. The tiny DiT with the flow-matching objective on those normalised latents, conditioned on
    the tiny umT5, with caption dropout to "" and to the default negative prompt, so
-   classifier-free guidance has a learned unconditional branch to push away from; the loss
-   is weighted on the latent cells that cover the product. The umT5 stays frozen at its
-   seeded random weights with its residual branches scaled down (see
-   word_preserving_text_encoder_), so each word keeps its own vector.
+   classifier-free guidance has a learned unconditional branch to push away from
+   (--caption-noise makes some captions name a wrong colour; off by default). The loss is
+   weighted on the latent cells that cover the product. The umT5 stays frozen at its seeded
+   random weights with its residual branches scaled down (see word_preserving_text_encoder_),
+   so each word keeps its own vector. (t2vserve/train/dit.py)
 
 Deterministic from --seed (one thread count, seeded data plan and noise). Writes
 safetensors, the latent statistics, the loss log and a loss-curve PNG into --out.
@@ -19,7 +21,6 @@ safetensors, the latent statistics, the loss log and a loss-curve PNG into --out
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -27,273 +28,11 @@ import numpy as np
 import torch
 
 from t2vserve.text_corpus import WAN_DEFAULT_NEGATIVE_PROMPT
-from t2vserve.train import measures, synthetic
-
-SIZE = dict(width=128, height=128, frames=17)
-DIT_OBJECT_WEIGHT = 10.0  # flow-matching loss weight on the product's latent cells
-DIT_LR = 2e-3
-
-
-def _render(plan, size=SIZE) -> np.ndarray:
-    return np.stack([synthetic.render_clip(s.product, s.colour, s.background, s.motion,
-                                           seed=s.seed, **size) for s in plan])
-
-
-def _to_tensor(clips: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(clips).float().div(127.5).sub(1.0)  # (B, F, H, W, 3)
-    return x.permute(0, 4, 1, 2, 3).contiguous()              # (B, 3, F, H, W)
-
-
-def _clips(plan, size=SIZE) -> torch.Tensor:
-    return _to_tensor(_render(plan, size))
-
-
-def _object_masks(clips: np.ndarray) -> torch.Tensor:
-    """(B, F, H, W) float 0/1: the product's pixels in every frame."""
-    return torch.from_numpy(np.stack([[measures.object_mask(f) for f in clip]
-                                      for clip in clips]).astype(np.float32))
-
-
-def _weights(clips: np.ndarray, object_weight: float) -> torch.Tensor:
-    """(B, 1, F, H, W) loss weights: `object_weight` on the product, 1 on the background.
-    The product is ~15 % of the pixels; unweighted, L1 learns the backdrop and greys it."""
-    return (1.0 + (object_weight - 1.0) * _object_masks(clips))[:, None]
-
-
-def _vae_loss(recon, x, w) -> torch.Tensor:
-    """Object-weighted L1, plus L1 of 8x8-pooled frames (the colour of each region), plus
-    object-weighted L1 of the frame-to-frame differences (motion, and no flicker: without it
-    the reconstruction of a still clip changed by 0.009 per frame, more than a rotating cup's
-    0.002, so no DiT trained on its latents could tell "rotating" from "still")."""
-    pool = lambda t: torch.nn.functional.avg_pool3d(t, (1, 8, 8))  # noqa: E731
-    dt = lambda t: t[:, :, 1:] - t[:, :, :-1]  # noqa: E731
-    wt = w[:, :, 1:]
-    return ((w * (recon - x).abs()).sum() / w.sum() / 3 + (pool(recon) - pool(x)).abs().mean()
-            + (wt * (dt(recon) - dt(x)).abs()).sum() / wt.sum() / 3)
-
-
-def _lr(step: int, total: int, peak: float, warmup: int = 100) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
-def train_vae(vae, steps: int, seed: int, log, full_steps: int, batch: int = 4,
-              object_weight: float = 4.0) -> list[float]:
-    """`steps` steps on `batch` 64x64x9 crops (three in four centred near the product), then
-    `full_steps` on whole clips; one fresh clip per sample throughout."""
-    vae.train().requires_grad_(True)
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
-    rng = np.random.default_rng(seed)
-    plan = synthetic.sample_plan(steps * batch + full_steps, seed=seed)
-    losses = []
-    t0 = time.perf_counter()
-    for step in range(steps + full_steps):
-        if step < steps:
-            clips = _render(plan[batch * step:batch * (step + 1)])
-            f0 = int(rng.integers(0, clips.shape[1] - 9 + 1))
-            lo, hi = (16, 48) if rng.random() < 0.75 else (0, 64)
-            i, j = (int(v) for v in rng.integers(lo, hi + 1, 2))
-            # masks need whole frames (they compare with the edges), but only the crop's 9
-            w = _weights(clips[:, f0:f0 + 9], object_weight)[..., i:i + 64, j:j + 64]
-            x = _to_tensor(clips)[:, :, f0:f0 + 9, i:i + 64, j:j + 64]
-        else:
-            k = batch * steps + step - steps
-            clips = _render(plan[k:k + 1])
-            x, w = _to_tensor(clips), _weights(clips, object_weight)
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, steps + full_steps, 1e-3)
-        post = vae.encode(x).latent_dist
-        recon = vae.decode(post.sample(generator=torch.Generator().manual_seed(seed + step))).sample
-        loss = _vae_loss(recon, x, w) + 1e-6 * post.kl().mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if step % 50 == 0 or step == steps + full_steps - 1:
-            log(f"vae {step + 1}/{steps + full_steps} loss {np.mean(losses[-50:]):.4f} "
-                f"({time.perf_counter() - t0:.0f} s)")
-    vae.eval().requires_grad_(False)
-    return losses
-
-
-@torch.no_grad()
-def _reconstruct(vae, sample) -> np.ndarray:
-    """uint8 frames (F, H, W, 3) of the VAE's reconstruction of one sample's clip."""
-    from t2vserve.pipeline import to_uint8
-
-    return to_uint8(vae.decode(vae.encode(_clips([sample])).latent_dist.mode()).sample.numpy())[0]
-
-
-@torch.no_grad()
-def reconstruction_colours(vae, n: int = 16, seed: int = 10_000) -> list[tuple[str, str]]:
-    """(colour, dominant colour of the VAE's reconstruction) for n held-out clips: what the
-    decoder can draw at all, whatever the DiT does."""
-    return [(s.colour, measures.dominant_hue(_reconstruct(vae, s))[0])
-            for s in synthetic.sample_plan(n, seed=seed)]
-
-
-@torch.no_grad()
-def reconstruction_motion(vae, seed: int = 10_000) -> list[tuple[str, float, float]]:
-    """(product, rotating, still) frame-to-frame change of the VAE's reconstructions of a red
-    product on a wooden table: rotating must come back moving more than still."""
-    def energy(product, motion, seed):
-        sample = synthetic.Sample(product, "red", "wooden table", motion, "en", "", seed)
-        return round(measures.motion_energy(_reconstruct(vae, sample)), 5)
-
-    return [(product, energy(product, "rotating", seed + k), energy(product, "still", seed + k))
-            for k, product in enumerate(("cup", "box", "bottle", "ball"))]
-
-
-@torch.no_grad()
-def word_preserving_text_encoder_(text_encoder, residual_scale: float = 0.05) -> None:
-    """Scale the seeded random umT5's attention and FFN output projections by residual_scale.
-
-    At full scale a random umT5 hashes the whole prompt into every position: swapping "red"
-    for "blue" moves every position's vector by about its own norm, so a DiT trained on it can
-    only memorise captions, and ignored the colour word. Scaled down, each position is mostly
-    its own token's embedding: "red" is nearly the same vector in every caption (measured:
-    0.9 apart against a norm of 5.8) and the DiT can learn what the word means.
-    """
-    for name, p in text_encoder.named_parameters():
-        if name.endswith(("SelfAttention.o.weight", "DenseReluDense.wo.weight")):
-            p.mul_(residual_scale)
-
-
-def latent_cover(clips: np.ndarray, t: int, h: int, w: int) -> torch.Tensor:
-    """(B, 1, t, h, w) in {0, 1}: latent cells whose pixels show the product in any of their
-    frames (the VAE's first latent frame is clip frame 0, each later one the next 4)."""
-    masks = _object_masks(clips)
-    step = (masks.shape[1] - 1) // max(1, t - 1)
-    groups = [masks[:, :1]] + [masks[:, 1 + step * i:1 + step * (i + 1)] for i in range(t - 1)]
-    per_frame = torch.stack([g.amax(1) for g in groups], 1)  # (B, t, H, W)
-    return torch.nn.functional.adaptive_max_pool2d(per_frame, (h, w))[:, None]
-
-
-@torch.no_grad()
-def encode_set(vae, plan, batch: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latents (mode) of the plan's clips, and which latent cells cover the product."""
-    latents, cover = [], []
-    for k in range(0, len(plan), batch):
-        clips = _render(plan[k:k + batch])
-        z = vae.encode(_to_tensor(clips)).latent_dist.mode()
-        latents.append(z)
-        cover.append(latent_cover(clips, *z.shape[2:]))
-    return torch.cat(latents), torch.cat(cover)
-
-
-@torch.no_grad()
-def embed(text_encoder, tokenizer, texts: list[str], text_len: int) -> torch.Tensor:
-    from t2vserve.export.wrappers import TextEncoderExport
-    from t2vserve.pipeline import tokenize
-
-    enc = TextEncoderExport(text_encoder)
-    out = []
-    for k in range(0, len(texts), 32):
-        t = tokenize(tokenizer, texts[k:k + 32], text_len)
-        out.append(enc(torch.from_numpy(t["input_ids"]), torch.from_numpy(t["attention_mask"])))
-    return torch.cat(out)
-
-
-class _PaddedContext:
-    """Cross-attention processor for training on prompt embeddings cut short of their zero
-    padding (see compact_context): `bias` (B, 1, 1, L) goes in as the additive attention mask."""
-
-    def __init__(self, inner):
-        self.inner, self.bias = inner, None
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 rotary_emb=None):
-        return self.inner(attn, hidden_states, encoder_hidden_states, self.bias, rotary_emb)
-
-
-def padded_context_attention(transformer) -> list[_PaddedContext]:
-    """Give the DiT the export wrapper's attention with every cross-attention wrapped in a
-    _PaddedContext; set their `bias` before each forward (use_export_attention undoes it)."""
-    from t2vserve.export.wrappers import use_export_attention
-
-    use_export_attention(transformer)
-    procs = [_PaddedContext(b.attn2.processor) for b in transformer.blocks]
-    for block, proc in zip(transformer.blocks, procs):
-        block.attn2.set_processor(proc)
-    return procs
-
-
-def compact_context(cond: torch.Tensor, text_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, text_len, D) prompt embeddings, zero past each prompt's length -> the first L
-    positions (L = the longest prompt + 1) and a (B, 1, 1, L) logit bias for the DiT's
-    cross-attention that gives the same attention as over all text_len positions.
-
-    The zero rows are identical keys and values, so k of them weigh exactly like one with its
-    logit raised by log k: each kept pad position gets log(pads in full / pads kept). Captions
-    are at most 42 of the tiny preset's 256 positions; a training step on a batch of captions
-    took 0.28 s with all 256 and 0.19 s cut short (2 threads).
-    """
-    n = (cond.abs().amax(-1) > 0).sum(1)  # tokens per prompt
-    keep = min(text_len, int(n.max()) + 1)
-    pad = torch.arange(keep)[None] >= n[:, None]
-    ratio = (text_len - n).clamp_min(1).float() / (keep - n).clamp_min(1).float()
-    bias = torch.where(pad, ratio.log()[:, None], torch.zeros(()))
-    return cond[:, :keep], bias[:, None, None, :]
-
-
-def train_dit(transformer, latents, cover, cond, uncond, steps: int, batch: int, seed: int, log,
-              shift: float = 5.0, dropout: float = 0.1, uniform: float = 0.3,
-              object_weight: float = DIT_OBJECT_WEIGHT, lr: float = DIT_LR) -> list[float]:
-    """latents (N, C, T, h, w) normalised; cover (N, 1, T, h, w) the product's latent cells;
-    cond (N, L, D) caption embeddings; uncond (2, L, D).
-
-    The squared error is weighted `object_weight` on the product's cells: unweighted, the
-    backdrop (most of the loss) is learnt first and the colour word was still ignored after
-    2400 steps (its swap changed the loss by under 1 % at sigma 0.9).
-
-    Each step computes what the served DiT computes (the export wrapper's attention), with
-    two exact shortcuts: prompts cut short of their padding (compact_context), and one
-    timestep per sample rather than the same one repeated for every token."""
-    from t2vserve.export.wrappers import use_export_attention
-
-    padded = padded_context_attention(transformer)
-    transformer.train().requires_grad_(True)
-    opt = torch.optim.AdamW(transformer.parameters(), lr=lr, weight_decay=0.01)
-    g = torch.Generator().manual_seed(seed)
-    losses = []
-    t0 = time.perf_counter()
-    for step in range(steps):
-        idx = torch.randint(0, len(latents), (batch,), generator=g)
-        x0, c = latents[idx], cond[idx].clone()
-        w = 1.0 + (object_weight - 1.0) * cover[idx]
-        drop = torch.rand(batch, generator=g) < dropout
-        pick = torch.randint(0, len(uncond), (batch,), generator=g)
-        c[drop] = uncond[pick[drop]]
-        # noise levels mostly from the shifted schedule inference samples (high sigma, where
-        # the product and its colour are decided), a fraction `uniform` uniform
-        u = torch.rand(batch, generator=g)
-        shifted = shift * u / (1 + (shift - 1) * u)
-        sigma = torch.where(torch.rand(batch, generator=g) < uniform, u, shifted).clamp(1e-3, 1.0)
-        noise = torch.randn(x0.shape, generator=g)
-        s = sigma.view(-1, 1, 1, 1, 1)
-        xt = (1 - s) * x0 + s * noise
-        for grp in opt.param_groups:
-            grp["lr"] = _lr(step, steps, lr, warmup=200)
-        context, bias = compact_context(c, c.shape[1])
-        for proc in padded:
-            proc.bias = bias
-        pred = transformer(hidden_states=xt, timestep=sigma * 1000.0,
-                           encoder_hidden_states=context, return_dict=False)[0]
-        # flow matching: v = noise - x0; the weights' mean is 1 over the batch
-        loss = (w * (pred - (noise - x0)).pow(2)).mean() / w.mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if step % 200 == 0 or step == steps - 1:
-            log(f"dit {step + 1}/{steps} loss {np.mean(losses[-200:]):.4f} "
-                f"({time.perf_counter() - t0:.0f} s)")
-    use_export_attention(transformer)
-    transformer.eval().requires_grad_(False)
-    return losses
+from t2vserve.train import synthetic
+from t2vserve.train.dit import (CAPTION_NOISE, DIT_LR, DIT_OBJECT_WEIGHT, embed, encode_set,
+                                mistagged_colours, train_dit, word_preserving_text_encoder_)
+from t2vserve.train.vae import (VAE_STILL_WEIGHT, reconstruction_colours, reconstruction_motion,
+                                train_vae)
 
 
 def plot_losses(vae_losses, dit_losses, path: Path) -> None:
@@ -328,11 +67,15 @@ def main(argv=None) -> int:
     p.add_argument("--vae-steps", type=int, default=1800, help="steps on 64x64x9 crops")
     p.add_argument("--vae-batch", type=int, default=4, help="crops per VAE step")
     p.add_argument("--vae-full-steps", type=int, default=150, help="whole-clip steps after")
+    p.add_argument("--vae-still-weight", type=float, default=VAE_STILL_WEIGHT,
+                   help="VAE loss weight holding still clips' latents steady (0 = off)")
     p.add_argument("--dit-steps", type=int, default=8000)
     p.add_argument("--dit-batch", type=int, default=8)
     p.add_argument("--dit-object-weight", type=float, default=DIT_OBJECT_WEIGHT,
                    help="DiT loss weight on the product's latent cells (1 = unweighted)")
     p.add_argument("--dit-lr", type=float, default=DIT_LR, help="DiT peak learning rate")
+    p.add_argument("--caption-noise", type=float, default=CAPTION_NOISE,
+                   help="fraction of captions that name a wrong colour (0 to 1)")
     p.add_argument("--clips", type=int, default=960, help="clips encoded for the DiT")
     p.add_argument("--check-clips", type=int, default=16,
                    help="held-out clips the VAE's reconstructions are checked on")
@@ -340,6 +83,8 @@ def main(argv=None) -> int:
     p.add_argument("--vae-from", help="reuse the VAE (weights and loss log) of an earlier run "
                    "with the same seed and VAE settings instead of training it again")
     args = p.parse_args(argv)
+    if not 0.0 <= args.caption_noise < 1.0:
+        p.error(f"--caption-noise must be in [0, 1), got {args.caption_noise}")
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)  # same thread count, same float reductions
@@ -366,7 +111,7 @@ def main(argv=None) -> int:
         log(f"VAE from {args.vae_from} ({len(vae_losses)} steps, {vae_minutes} min there)")
     else:
         vae_losses = train_vae(comps.vae, args.vae_steps, args.seed, log, args.vae_full_steps,
-                               batch=args.vae_batch)
+                               batch=args.vae_batch, still_weight=args.vae_still_weight)
         vae_minutes = round((time.perf_counter() - t_start) / 60, 1)
     recon = reconstruction_colours(comps.vae, args.check_clips)
     recon_hits = f"{sum(a == b for a, b in recon)}/{len(recon)}"
@@ -384,8 +129,9 @@ def main(argv=None) -> int:
     text_len = comps.preset.text_len
     # each clip with its caption in both languages: one latent, two ways to ask for it
     rng = np.random.default_rng(args.seed + 2)
-    captions = [synthetic.caption(s.product, s.colour, s.background, s.motion, lang, rng)
-                for s in plan for lang in ("en", "zh")]
+    named = mistagged_colours(plan, args.caption_noise, args.seed + 3)
+    captions = [synthetic.caption(s.product, c, s.background, s.motion, lang, rng)
+                for s, pair in zip(plan, named) for c, lang in zip(pair, ("en", "zh"))]
     cond = embed(comps.text_encoder, comps.tokenizer, captions, text_len)
     uncond = embed(comps.text_encoder, comps.tokenizer, ["", WAN_DEFAULT_NEGATIVE_PROMPT], text_len)
     dit_losses = train_dit(comps.transformer, norm.repeat_interleave(2, dim=0),
@@ -405,12 +151,12 @@ def main(argv=None) -> int:
     took = time.perf_counter() - t_start
     summary = {"seed": args.seed, "vae_from": args.vae_from, "vae_steps": args.vae_steps,
                "vae_batch": args.vae_batch,
-               "vae_full_steps": args.vae_full_steps,
+               "vae_full_steps": args.vae_full_steps, "vae_still_weight": args.vae_still_weight,
                "vae_reconstruction_colour_hits": recon_hits,
                "vae_reconstruction_motion": recon_motion,
                "dit_steps": args.dit_steps, "dit_batch": args.dit_batch,
                "dit_object_weight": args.dit_object_weight, "dit_lr": args.dit_lr,
-               "clips": len(plan),
+               "caption_noise": args.caption_noise, "clips": len(plan),
                "captions": len(captions), "threads": args.threads, "vae_minutes": vae_minutes,
                "minutes": round(took / 60, 1),
                "vae_final_loss": float(np.mean(vae_losses[-50:])),

@@ -10,8 +10,10 @@ from safetensors.torch import load_file
 
 from t2vserve.presets import build_components, trained_tiny_available
 from t2vserve.train import synthetic
-from t2vserve.train.train_tiny import (_vae_loss, _weights, compact_context, embed, latent_cover,
-                                       main, padded_context_attention)
+from t2vserve.train.dit import (compact_context, embed, latent_cover, mistagged_colours,
+                                padded_context_attention)
+from t2vserve.train.train_tiny import main
+from t2vserve.train.vae import _still_drift, _vae_loss, _weights
 
 FEW = ["--vae-steps", "2", "--vae-batch", "1", "--vae-full-steps", "1", "--dit-steps", "3",
        "--dit-batch", "2", "--clips", "2", "--check-clips", "1"]
@@ -62,6 +64,36 @@ def test_loss_weights_the_product_and_its_colour():
     on_product[:, :, :, 64, 64] += 0.5   # the cup is centred
     on_backdrop[:, :, :, 2, 2] += 0.5
     assert _vae_loss(on_product, x, w) > _vae_loss(on_backdrop, x, w)
+
+
+def test_still_drift_counts_only_still_clips_changing_after_the_first_latent_frame():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(3, 4, 5, 2, 2, generator=g)
+    steady = z.clone()
+    steady[:, :, 2:] = steady[:, :, 1:2]  # frames 1.. equal; frame 0 may differ
+    still = torch.tensor([True, False, True])
+    assert _still_drift(steady, still) == 0
+    # a moving clip may change; a still one may not
+    moving = steady.clone()
+    moving[1, :, 3] += 1.0
+    assert _still_drift(moving, still) == 0
+    drifting = steady.clone()
+    drifting[2, :, 3] += 1.0
+    assert _still_drift(drifting, still) > 0
+    # scale-free: shrinking every latent does not pay it off
+    assert torch.allclose(_still_drift(0.01 * drifting, still), _still_drift(drifting, still))
+    assert _still_drift(drifting, torch.tensor([False] * 3)) == 0
+
+
+def test_mistagged_colours_name_a_wrong_colour_at_the_asked_rate():
+    plan = synthetic.sample_plan(960, seed=1)
+    named = mistagged_colours(plan, 0.35, seed=3)
+    assert named == mistagged_colours(plan, 0.35, seed=3)
+    pairs = [(s.colour, c) for s, pair in zip(plan, named) for c in pair]
+    wrong = [(true, c) for true, c in pairs if c != true]
+    assert abs(len(wrong) / len(pairs) - 0.35) < 0.03
+    assert {c for _, c in wrong} == set(synthetic.COLOURS)  # every colour stands in for others
+    assert all(c == s.colour for s, pair in zip(plan, mistagged_colours(plan, 0.0, 3)) for c in pair)
 
 
 def test_dit_loss_weights_cover_the_product_latent_cells():
