@@ -85,6 +85,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not 0.0 <= args.caption_noise < 1.0:
         p.error(f"--caption-noise must be in [0, 1), got {args.caption_noise}")
+    if args.vae_still_weight < 0:
+        p.error(f"--vae-still-weight must be >= 0, got {args.vae_still_weight}")
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)  # same thread count, same float reductions

@@ -99,9 +99,10 @@ def train_vae(vae, steps: int, seed: int, log, full_steps: int, batch: int = 4,
             g["lr"] = cosine_lr(step, steps + full_steps, 1e-3)
         post = vae.encode(x).latent_dist
         recon = vae.decode(post.sample(generator=torch.Generator().manual_seed(seed + step))).sample
-        still = torch.tensor([sample.motion == "still" for sample in part])
-        loss = (_vae_loss(recon, x, w) + 1e-6 * post.kl().mean()
-                + still_weight * _still_drift(post.mean, still))
+        loss = _vae_loss(recon, x, w) + 1e-6 * post.kl().mean()
+        if still_weight:
+            still = torch.tensor([sample.motion == "still" for sample in part])
+            loss = loss + still_weight * _still_drift(post.mean, still)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
