@@ -2,9 +2,9 @@
 
 1. The tiny Wan2.2 VAE as an autoencoder on the clips (64x64x9 crops, mostly around the
    product, then whole 128x128x17 clips): L1 weighted 4x on the product, L1 of 8x8-pooled
-   frames (region colour), L1 of frame-to-frame differences (motion), a small KL term (and,
-   off by default, a term holding still clips' latents steady). Then its reconstructions of
-   held-out clips are checked for colour and motion. (t2vserve/train/vae.py)
+   frames (region colour), L1 of frame-to-frame differences (motion), a small KL term. Then
+   its reconstructions of held-out clips are checked for colour and motion.
+   (t2vserve/train/vae.py)
 2. Latents of a fixed clip set; their per-channel mean/std become the VAE's latents_mean/std
    (what the pipeline de-normalises with).
 3. The tiny DiT with the flow-matching objective on those normalised latents, conditioned on
@@ -31,8 +31,7 @@ from t2vserve.text_corpus import WAN_DEFAULT_NEGATIVE_PROMPT
 from t2vserve.train import synthetic
 from t2vserve.train.dit import (CAPTION_NOISE, DIT_LR, DIT_OBJECT_WEIGHT, embed, encode_set,
                                 mistagged_colours, train_dit, word_preserving_text_encoder_)
-from t2vserve.train.vae import (VAE_STILL_WEIGHT, reconstruction_colours, reconstruction_motion,
-                                train_vae)
+from t2vserve.train.vae import reconstruction_colours, reconstruction_motion, train_vae
 
 
 def plot_losses(vae_losses, dit_losses, path: Path) -> None:
@@ -67,8 +66,6 @@ def main(argv=None) -> int:
     p.add_argument("--vae-steps", type=int, default=1800, help="steps on 64x64x9 crops")
     p.add_argument("--vae-batch", type=int, default=4, help="crops per VAE step")
     p.add_argument("--vae-full-steps", type=int, default=150, help="whole-clip steps after")
-    p.add_argument("--vae-still-weight", type=float, default=VAE_STILL_WEIGHT,
-                   help="VAE loss weight holding still clips' latents steady (0 = off)")
     p.add_argument("--dit-steps", type=int, default=8000)
     p.add_argument("--dit-batch", type=int, default=8)
     p.add_argument("--dit-object-weight", type=float, default=DIT_OBJECT_WEIGHT,
@@ -85,8 +82,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not 0.0 <= args.caption_noise < 1.0:
         p.error(f"--caption-noise must be in [0, 1), got {args.caption_noise}")
-    if args.vae_still_weight < 0:
-        p.error(f"--vae-still-weight must be >= 0, got {args.vae_still_weight}")
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)  # same thread count, same float reductions
@@ -113,7 +108,7 @@ def main(argv=None) -> int:
         log(f"VAE from {args.vae_from} ({len(vae_losses)} steps, {vae_minutes} min there)")
     else:
         vae_losses = train_vae(comps.vae, args.vae_steps, args.seed, log, args.vae_full_steps,
-                               batch=args.vae_batch, still_weight=args.vae_still_weight)
+                               batch=args.vae_batch)
         vae_minutes = round((time.perf_counter() - t_start) / 60, 1)
     recon = reconstruction_colours(comps.vae, args.check_clips)
     recon_hits = f"{sum(a == b for a, b in recon)}/{len(recon)}"
@@ -152,8 +147,7 @@ def main(argv=None) -> int:
     plot_losses(vae_losses, dit_losses, out / "losses.png")
     took = time.perf_counter() - t_start
     summary = {"seed": args.seed, "vae_from": args.vae_from, "vae_steps": args.vae_steps,
-               "vae_batch": args.vae_batch,
-               "vae_full_steps": args.vae_full_steps, "vae_still_weight": args.vae_still_weight,
+               "vae_batch": args.vae_batch, "vae_full_steps": args.vae_full_steps,
                "vae_reconstruction_colour_hits": recon_hits,
                "vae_reconstruction_motion": recon_motion,
                "dit_steps": args.dit_steps, "dit_batch": args.dit_batch,

@@ -11,7 +11,6 @@ import torch
 from t2vserve.train import measures, synthetic
 
 SIZE = dict(width=128, height=128, frames=17)
-VAE_STILL_WEIGHT = 0.0  # weight of _still_drift in the VAE loss (off: untried in a full run)
 
 
 def render(plan, size=SIZE) -> np.ndarray:
@@ -52,17 +51,6 @@ def _vae_loss(recon, x, w) -> torch.Tensor:
             + (wt * (dt(recon) - dt(x)).abs()).sum() / wt.sum() / 3)
 
 
-def _still_drift(z, still) -> torch.Tensor:
-    """How much still clips' latents change after the first latent frame, relative to how much
-    the latents vary at all (so shrinking them all does not satisfy it). Unasked, the encoder
-    gave an unchanging clip latents that changed by 0.4 std per frame, 6x a turning product's
-    own change: the DiT had to copy that pattern for every clip, and the motion drowned in it."""
-    if not bool(still.any()) or z.shape[2] < 3:
-        return z.new_zeros(())
-    zs = z[still]
-    return (zs[:, :, 2:] - zs[:, :, 1:-1]).abs().mean() / (z - z.mean()).abs().mean().clamp_min(1e-6)
-
-
 def cosine_lr(step: int, total: int, peak: float, warmup: int = 100) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -70,10 +58,9 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int = 100) -> float:
 
 
 def train_vae(vae, steps: int, seed: int, log, full_steps: int, batch: int = 4,
-              object_weight: float = 4.0, still_weight: float = VAE_STILL_WEIGHT) -> list[float]:
+              object_weight: float = 4.0) -> list[float]:
     """`steps` steps on `batch` 64x64x9 crops (three in four centred near the product), then
-    `full_steps` on whole clips; one fresh clip per sample throughout. Still clips' latents
-    are also held steady over time (`still_weight`, see _still_drift)."""
+    `full_steps` on whole clips; one fresh clip per sample throughout."""
     vae.train().requires_grad_(True)
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     rng = np.random.default_rng(seed)
@@ -100,9 +87,6 @@ def train_vae(vae, steps: int, seed: int, log, full_steps: int, batch: int = 4,
         post = vae.encode(x).latent_dist
         recon = vae.decode(post.sample(generator=torch.Generator().manual_seed(seed + step))).sample
         loss = _vae_loss(recon, x, w) + 1e-6 * post.kl().mean()
-        if still_weight:
-            still = torch.tensor([sample.motion == "still" for sample in part])
-            loss = loss + still_weight * _still_drift(post.mean, still)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)

@@ -13,7 +13,7 @@ from t2vserve.train import synthetic
 from t2vserve.train.dit import (compact_context, embed, latent_cover, mistagged_colours,
                                 padded_context_attention)
 from t2vserve.train.train_tiny import main
-from t2vserve.train.vae import _still_drift, _vae_loss, _weights
+from t2vserve.train.vae import _vae_loss, _weights
 
 FEW = ["--vae-steps", "2", "--vae-batch", "1", "--vae-full-steps", "1", "--dit-steps", "3",
        "--dit-batch", "2", "--clips", "2", "--check-clips", "1"]
@@ -64,25 +64,6 @@ def test_loss_weights_the_product_and_its_colour():
     on_product[:, :, :, 64, 64] += 0.5   # the cup is centred
     on_backdrop[:, :, :, 2, 2] += 0.5
     assert _vae_loss(on_product, x, w) > _vae_loss(on_backdrop, x, w)
-
-
-def test_still_drift_counts_only_still_clips_changing_after_the_first_latent_frame():
-    g = torch.Generator().manual_seed(0)
-    z = torch.randn(3, 4, 5, 2, 2, generator=g)
-    steady = z.clone()
-    steady[:, :, 2:] = steady[:, :, 1:2]  # frames 1.. equal; frame 0 may differ
-    still = torch.tensor([True, False, True])
-    assert _still_drift(steady, still) == 0
-    # a moving clip may change; a still one may not
-    moving = steady.clone()
-    moving[1, :, 3] += 1.0
-    assert _still_drift(moving, still) == 0
-    drifting = steady.clone()
-    drifting[2, :, 3] += 1.0
-    assert _still_drift(drifting, still) > 0
-    # scale-free: shrinking every latent does not pay it off
-    assert torch.allclose(_still_drift(0.01 * drifting, still), _still_drift(drifting, still))
-    assert _still_drift(drifting, torch.tensor([False] * 3)) == 0
 
 
 def test_mistagged_colours_name_a_wrong_colour_at_the_asked_rate():
