@@ -59,10 +59,13 @@ def test_client_backs_off_and_retries_until_the_queue_has_room(served):
         _wait_running(served, before)
         fillers = [pool.submit(infer, served.grpc_url, seed=20 + i, **LONG) for i in range(QUEUE)]
         time.sleep(0.3)
-        # the queue is full now: the client's first try gets UNAVAILABLE, it waits and retries
-        with T2VClient(served.grpc_url, retry=RetryPolicy(attempts=12, base_delay_s=1.0,
+        # the queue is full now: the client's first try gets UNAVAILABLE, it waits and retries.
+        # Room opens only when the running request ends, so the retries are bounded by a
+        # deadline, not a count: 12 tries (~20 s of jittered pauses on average) ran out on a
+        # slow CI machine before one long request had finished
+        with T2VClient(served.grpc_url, retry=RetryPolicy(attempts=200, base_delay_s=1.0,
                                                           max_delay_s=4.0)) as client:
-            video = client.generate("a blue bottle on a grey background", seed=5)
+            video = client.generate("a blue bottle on a grey background", seed=5, timeout=300)
         assert video.mp4[4:8] == b"ftyp"
         assert all(f.result()[0] == "ok" for f in [running, *fillers])
 
