@@ -29,6 +29,7 @@ def word_preserving_text_encoder_(text_encoder, residual_scale: float = 0.05) ->
         if name.endswith(("SelfAttention.o.weight", "DenseReluDense.wo.weight")):
             p.mul_(residual_scale)
 
+
 def latent_cover(clips: np.ndarray, t: int, h: int, w: int) -> torch.Tensor:
     """(B, 1, t, h, w) in {0, 1}: latent cells whose pixels show the product in any of their
     frames (the VAE's first latent frame is clip frame 0, each later one the next 4)."""

@@ -72,7 +72,7 @@ def main(argv=None) -> int:
                    help="DiT loss weight on the product's latent cells (1 = unweighted)")
     p.add_argument("--dit-lr", type=float, default=DIT_LR, help="DiT peak learning rate")
     p.add_argument("--caption-noise", type=float, default=CAPTION_NOISE,
-                   help="fraction of captions that name a wrong colour (0 to 1)")
+                   help="fraction of captions that name a wrong colour, in [0, 1)")
     p.add_argument("--clips", type=int, default=960, help="clips encoded for the DiT")
     p.add_argument("--check-clips", type=int, default=16,
                    help="held-out clips the VAE's reconstructions are checked on")
