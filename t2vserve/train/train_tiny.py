@@ -13,9 +13,11 @@
    (--caption-noise makes some captions name a wrong colour; off by default). The loss is
    weighted on the latent cells that cover the product. The umT5 stays frozen at its seeded
    random weights with its residual branches scaled down (see word_preserving_text_encoder_),
-   so each word keeps its own vector. (t2vserve/train/dit.py)
+   so each word keeps its own vector. Its colour-swap gap (the loss with a wrong colour named
+   minus with the right one) says whether it uses the colour word. (t2vserve/train/dit.py)
 
-Deterministic from --seed (one thread count, seeded data plan and noise). Writes
+Deterministic from --seed (one thread count, seeded data plan and noise); --dit-seed draws
+the DiT's batches and noise from another seed, to tell a recipe from a lucky draw. Writes
 safetensors, the latent statistics, the loss log and a loss-curve PNG into --out.
 """
 
@@ -29,8 +31,9 @@ import torch
 
 from t2vserve.text_corpus import WAN_DEFAULT_NEGATIVE_PROMPT
 from t2vserve.train import synthetic
-from t2vserve.train.dit import (CAPTION_NOISE, DIT_LR, DIT_OBJECT_WEIGHT, embed, encode_set,
-                                mistagged_colours, train_dit, word_preserving_text_encoder_)
+from t2vserve.train.dit import (CAPTION_NOISE, DIT_LR, DIT_OBJECT_WEIGHT, PAD_WARMUP,
+                                colour_swap_gap, embed, encode_set, mistagged_colours,
+                                swapped_colour_captions, train_dit, word_preserving_text_encoder_)
 from t2vserve.train.vae import reconstruction_colours, reconstruction_motion, train_vae
 
 
@@ -73,6 +76,11 @@ def main(argv=None) -> int:
     p.add_argument("--dit-lr", type=float, default=DIT_LR, help="DiT peak learning rate")
     p.add_argument("--caption-noise", type=float, default=CAPTION_NOISE,
                    help="fraction of captions that name a wrong colour, in [0, 1)")
+    p.add_argument("--pad-warmup", type=int, default=PAD_WARMUP,
+                   help="DiT steps over which the prompt padding's attention weight ramps up to "
+                   "the served one (0 = served weight from the first step)")
+    p.add_argument("--dit-seed", type=int,
+                   help="seed of the DiT's batches, caption dropout and noise (default: --seed)")
     p.add_argument("--clips", type=int, default=960, help="clips encoded for the DiT")
     p.add_argument("--check-clips", type=int, default=16,
                    help="held-out clips the VAE's reconstructions are checked on")
@@ -82,6 +90,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not 0.0 <= args.caption_noise < 1.0:
         p.error(f"--caption-noise must be in [0, 1), got {args.caption_noise}")
+    if args.pad_warmup < 0:
+        p.error(f"--pad-warmup must be >= 0, got {args.pad_warmup}")
+    dit_seed = args.seed if args.dit_seed is None else args.dit_seed
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)  # same thread count, same float reductions
@@ -133,8 +144,14 @@ def main(argv=None) -> int:
     uncond = embed(comps.text_encoder, comps.tokenizer, ["", WAN_DEFAULT_NEGATIVE_PROMPT], text_len)
     dit_losses = train_dit(comps.transformer, norm.repeat_interleave(2, dim=0),
                            cover.repeat_interleave(2, dim=0), cond, uncond, args.dit_steps,
-                           args.dit_batch, args.seed, log, object_weight=args.dit_object_weight,
-                           lr=args.dit_lr)
+                           args.dit_batch, dit_seed, log, object_weight=args.dit_object_weight,
+                           lr=args.dit_lr, pad_warmup=args.pad_warmup)
+    right, wrong = swapped_colour_captions(plan[:48])
+    gap = colour_swap_gap(comps.transformer, norm[:48], cover[:48],
+                          embed(comps.text_encoder, comps.tokenizer, right, text_len),
+                          embed(comps.text_encoder, comps.tokenizer, wrong, text_len))
+    log(f"DiT colour-swap gap at sigma 0.9: {gap:.4f} (loss with a wrong colour named minus the "
+        "right one; about 0 = the colour word is ignored)")
 
     # save_model: umT5 ties its embedding to `shared`, which save_file refuses
     save_model(comps.vae, str(out / "vae.safetensors"))
@@ -152,7 +169,8 @@ def main(argv=None) -> int:
                "vae_reconstruction_motion": recon_motion,
                "dit_steps": args.dit_steps, "dit_batch": args.dit_batch,
                "dit_object_weight": args.dit_object_weight, "dit_lr": args.dit_lr,
-               "caption_noise": args.caption_noise, "clips": len(plan),
+               "caption_noise": args.caption_noise, "pad_warmup": args.pad_warmup,
+               "dit_seed": dit_seed, "dit_colour_gap": round(gap, 4), "clips": len(plan),
                "captions": len(captions), "threads": args.threads, "vae_minutes": vae_minutes,
                "minutes": round(took / 60, 1),
                "vae_final_loss": float(np.mean(vae_losses[-50:])),

@@ -2,6 +2,7 @@
 preset loads, and the pieces of its VAE loss do what they say."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ from safetensors.torch import load_file
 
 from t2vserve.presets import build_components, trained_tiny_available
 from t2vserve.train import synthetic
-from t2vserve.train.dit import (compact_context, embed, latent_cover, mistagged_colours,
+from t2vserve.train.dit import (colour_swap_gap, compact_context, embed, latent_cover,
+                                mistagged_colours, ramp_pad_bias, swapped_colour_captions,
                                 padded_context_attention)
 from t2vserve.train.train_tiny import main
 from t2vserve.train.vae import _vae_loss, _weights
@@ -41,6 +43,7 @@ def test_outputs_load_as_the_tiny_preset(two_runs):
     assert trained_tiny_available(out)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dit_steps"] == 3 and np.isfinite(summary["dit_final_loss"])
+    assert np.isfinite(summary["dit_colour_gap"]) and summary["dit_seed"] == summary["seed"] == 0
     losses = json.loads((out / "losses.json").read_text())
     assert (len(losses["vae"]), len(losses["dit"])) == (3, 3)
     assert (out / "losses.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -120,3 +123,47 @@ def test_training_forward_is_the_served_dit_on_the_full_padded_context():
         assert torch.allclose(train_forward(bias), served, atol=1e-5)
         # the bias is what makes it exact: without it the pads weigh less and the output moves
         assert (train_forward(None) - served).abs().max() > 1e-3
+
+
+def test_dit_seed_changes_the_dit_only_and_bad_options_are_refused(two_runs, tmp_path, capsys):
+    assert main(["--out", str(tmp_path), *FEW, "--dit-seed", "5", "--pad-warmup", "2"]) == 0
+    base = two_runs[0]
+    for name, same in (("vae", True), ("text_encoder", True), ("transformer", False)):
+        ta, tb = load_file(base / f"{name}.safetensors"), load_file(tmp_path / f"{name}.safetensors")
+        assert all(torch.equal(ta[k], tb[k]) for k in ta) == same, name
+    assert json.loads((tmp_path / "summary.json").read_text())["dit_seed"] == 5
+    for flag, value in (("--pad-warmup", "-1"), ("--caption-noise", "1")):
+        with pytest.raises(SystemExit):
+            main(["--out", str(tmp_path / "x"), *FEW, flag, value])
+        assert flag in capsys.readouterr().err
+
+
+def test_pad_bias_ramps_up_to_the_served_weight():
+    comps = build_components("tiny", seed=0, weights="random")
+    cond = embed(comps.text_encoder, comps.tokenizer, ["a red cup", "一个红色的杯子在木桌上缓慢旋转"],
+                 comps.preset.text_len)
+    _, bias = compact_context(cond, comps.preset.text_len)
+    assert bias.max() > 3  # log(pads in full / pads kept): the pads weigh ~100x a token
+    assert torch.equal(ramp_pad_bias(bias, 0, 1000), torch.zeros_like(bias))
+    assert torch.allclose(ramp_pad_bias(bias, 250, 1000), bias / 4)
+    for step, warmup in ((1000, 1000), (5000, 1000), (0, 0)):
+        assert torch.equal(ramp_pad_bias(bias, step, warmup), bias)
+
+
+def test_colour_swap_gap_sees_only_the_colour_word():
+    plan = synthetic.sample_plan(3, seed=4)
+    right, wrong = swapped_colour_captions(plan)
+    for s, r, w in zip(plan, right, wrong):
+        # the same template: the two captions differ in one word, the colour (and "a"/"an")
+        r_words, w_words = (re.sub(r"\ban\b", "a", t).split() for t in (r, w))
+        diff = [(a, b) for a, b in zip(r_words, w_words) if a != b]
+        assert len(r_words) == len(w_words) and len(diff) == 1, (r, w)
+        assert diff[0][0] == s.colour and diff[0][1] in synthetic.COLOURS
+    comps = build_components("tiny", seed=0, weights="random")
+    text_len = comps.preset.text_len
+    er, ew = (embed(comps.text_encoder, comps.tokenizer, c, text_len) for c in (right, wrong))
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(3, 48, 5, 8, 8, generator=g)
+    cover = (torch.rand(3, 1, 5, 8, 8, generator=g) > 0.7).float()
+    assert colour_swap_gap(comps.transformer, latents, cover, er, er.clone()) == 0.0
+    assert abs(colour_swap_gap(comps.transformer, latents, cover, er, ew)) > 1e-6
