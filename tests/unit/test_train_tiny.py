@@ -129,7 +129,7 @@ def test_dit_seed_changes_the_dit_only_and_bad_options_are_refused(two_runs, tmp
     assert main(["--out", str(tmp_path), *FEW, "--dit-seed", "5", "--pad-warmup", "2"]) == 0
     base = two_runs[0]
     for name, same in (("vae", True), ("text_encoder", True), ("transformer", False)):
-        ta, tb = load_file(base / f"{name}.safetensors"), load_file(tmp_path / f"{name}.safetensors")
+        ta, tb = (load_file(d / f"{name}.safetensors") for d in (base, tmp_path))
         assert all(torch.equal(ta[k], tb[k]) for k in ta) == same, name
     assert json.loads((tmp_path / "summary.json").read_text())["dit_seed"] == 5
     for flag, value in (("--pad-warmup", "-1"), ("--caption-noise", "1")):
@@ -140,8 +140,8 @@ def test_dit_seed_changes_the_dit_only_and_bad_options_are_refused(two_runs, tmp
 
 def test_pad_bias_ramps_up_to_the_served_weight():
     comps = build_components("tiny", seed=0, weights="random")
-    cond = embed(comps.text_encoder, comps.tokenizer, ["a red cup", "一个红色的杯子在木桌上缓慢旋转"],
-                 comps.preset.text_len)
+    prompts = ["a red cup", "一个红色的杯子在木桌上缓慢旋转"]
+    cond = embed(comps.text_encoder, comps.tokenizer, prompts, comps.preset.text_len)
     _, bias = compact_context(cond, comps.preset.text_len)
     assert bias.max() > 3  # log(pads in full / pads kept): the pads weigh ~100x a token
     assert torch.equal(ramp_pad_bias(bias, 0, 1000), torch.zeros_like(bias))
