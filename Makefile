@@ -65,7 +65,7 @@ perf: $(STAMP)
 	$(VENV)/bin/t2vserve perf run --serve --profile $(PROFILE) --concurrency 1,2,4,8 \
 		--requests-per-window 8 --baseline 8
 
-# Train the tiny preset on synthetic product clips (about an hour on 2 cores); if it passes
+# Train the tiny preset on synthetic product clips (about 30 min on 2 cores); if it passes
 # what the trained-tiny tests assert, install the weights as its default and drop the
 # artifacts exported from the old ones.
 train-tiny: $(STAMP)

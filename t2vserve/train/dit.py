@@ -13,7 +13,7 @@ from t2vserve.train.vae import cosine_lr, object_masks, render, to_tensor
 DIT_OBJECT_WEIGHT = 10.0  # flow-matching loss weight on the product's latent cells
 DIT_LR = 2e-3
 CAPTION_NOISE = 0.0  # fraction of DiT captions naming a wrong colour (see mistagged_colours)
-PAD_WARMUP = 0  # DiT steps over which the prompt padding's weight ramps up (see ramp_pad_bias)
+PAD_WARMUP = 1000  # DiT steps over which the prompt padding's weight ramps up (ramp_pad_bias)
 
 
 @torch.no_grad()
@@ -181,9 +181,11 @@ def colour_swap_gap(transformer, latents, cover, right, wrong, sigma: float = 0.
 def train_dit(transformer, latents, cover, cond, uncond, steps: int, batch: int, seed: int, log,
               shift: float = 5.0, dropout: float = 0.1, uniform: float = 0.3,
               object_weight: float = DIT_OBJECT_WEIGHT, lr: float = DIT_LR,
-              pad_warmup: int = PAD_WARMUP) -> list[float]:
+              pad_warmup: int = PAD_WARMUP, stop: int | None = None) -> list[float]:
     """latents (N, C, T, h, w) normalised; cover (N, 1, T, h, w) the product's latent cells;
     cond (N, L, D) caption embeddings; uncond (2, L, D). pad_warmup: see ramp_pad_bias.
+    stop: end after that many steps of the `steps`-step schedule (a probe of the run's start;
+    None = all of it).
 
     The squared error is weighted `object_weight` on the product's cells: unweighted, the
     backdrop (most of the loss) is learnt first and the colour word was still ignored after
@@ -200,7 +202,8 @@ def train_dit(transformer, latents, cover, cond, uncond, steps: int, batch: int,
     g = torch.Generator().manual_seed(seed)
     losses = []
     t0 = time.perf_counter()
-    for step in range(steps):
+    last = steps if stop is None else min(stop, steps)
+    for step in range(last):
         idx = torch.randint(0, len(latents), (batch,), generator=g)
         x0, c = latents[idx], cond[idx].clone()
         w = 1.0 + (object_weight - 1.0) * cover[idx]
@@ -229,7 +232,7 @@ def train_dit(transformer, latents, cover, cond, uncond, steps: int, batch: int,
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
         opt.step()
         losses.append(loss.item())
-        if step % 200 == 0 or step == steps - 1:
+        if step % 200 == 0 or step == last - 1:
             log(f"dit {step + 1}/{steps} loss {np.mean(losses[-200:]):.4f} "
                 f"({time.perf_counter() - t0:.0f} s)")
     use_export_attention(transformer)

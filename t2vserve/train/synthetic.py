@@ -219,6 +219,26 @@ def _ball(u, v, ppu, rot, col):
     ]
 
 
+# a rotating product stands on a turntable: a disc under it, in quarters alternately dark
+# and light, that turns with it (the product's own turn changes little on screen)
+_TURNTABLE_R, _TURNTABLE_SHADES = 0.52, ((38, 38, 40), (214, 214, 210))
+
+
+def _turntable(u, v, ppu, rot):
+    """The turntable's layers (back to front): the disc, centred on the product's base
+    (v = 0.5) and seen from the camera's elevation, and its light quarters turned by rot."""
+    b = _TURNTABLE_R * np.sin(_ELEV)
+    du, dv = u, (v - 0.5) * (_TURNTABLE_R / b)
+    disc = _cov(_ellipse(u, v - 0.5, _f32(_TURNTABLE_R), _f32(b)), ppu)
+    # cos 2(phi - rot) from the disc-plane direction, without an arctan
+    r2 = np.maximum(du * du + dv * dv, 1e-6)
+    c2, s2 = (du * du - dv * dv) / r2, 2 * du * dv / r2
+    quarters = c2 * np.cos(2 * rot) + s2 * np.sin(2 * rot)
+    light = np.clip(0.5 + 2.0 * quarters, 0.0, 1.0)
+    dark, bright = _TURNTABLE_SHADES
+    return [(disc, dark, 1.0, None), (disc * light, bright, 1.0, None)]
+
+
 _BOX = np.array([[x, y, z] for x in (-0.32, 0.32) for y in (0.0, 0.62) for z in (-0.23, 0.23)], np.float32)
 _BOX_BAND = _BOX * [1, 0, 1] + np.where(_BOX[:, 1:2] > 0, 0.37, 0.27).astype(np.float32) * [0, 1, 0]
 _BOX_SIDES = np.array([[4, 5, 7, 6], [0, 1, 3, 2], [1, 5, 7, 3], [0, 4, 6, 2]])  # +x, -x, +z, -z
@@ -346,9 +366,10 @@ def _composite(crop, layers, shadow):
 
 def render_clip(product, colour, background, motion, *, width=128, height=128, frames=17, seed=0):
     """One clip, uint8 (frames, height, width, 3): the product ~40 % of the height, centred,
-    lit from the upper left with a contact shadow. rotating: one turn on a turntable per clip
-    (loops); zooming in: 1.0 -> 1.5x about the object; panning: the object slides left to right
-    across 30 % of the width; still: identical frames. All randomness (size, position, tint,
+    lit from the upper left with a contact shadow. rotating: one turn per clip (loops) on a
+    turntable whose dark and light quarters turn with it; zooming in: 1.0 -> 1.5x about the
+    object; panning: the object slides left to right across 30 % of the width; still:
+    identical frames. All randomness (size, position, tint,
     background tone) comes from `seed`."""
     for key, table in ((product, PRODUCTS), (colour, COLOURS), (background, BACKGROUNDS), (motion, MOTIONS)):
         if key not in table:
@@ -383,10 +404,13 @@ def render_clip(product, colour, background, motion, *, width=128, height=128, f
     # the object is drawn in a window per frame, one size per group of frames so the group is
     # one array; zooming clips use three groups, as the object grows 1.5x
     half, up = _EXTENT[product]
+    bottom = 0.62  # object units below the centre the window reaches (past the shadow)
+    if motion == "rotating":
+        half, bottom = max(half, _TURNTABLE_R + 0.02), 0.52 + _TURNTABLE_R * np.sin(_ELEV)
     f3 = lambda a: _f32(a)[:, None, None]  # noqa: E731
     for g in np.array_split(np.arange(n), min(n, 3) if motion == "zooming in" else 1):
         cw = int(min(width, np.ceil((2 * half * ppu[g]).max()) + 2))
-        ch = int(min(height, np.ceil(((0.62 - up) * ppu[g]).max()) + 2))
+        ch = int(min(height, np.ceil(((bottom - up) * ppu[g]).max()) + 2))
         x0 = np.clip(np.floor(cx[g] - half * ppu[g]), 0, width - cw).astype(int)
         y0 = np.clip(np.floor(cy[g] + up * ppu[g]), 0, height - ch).astype(int)
         crop = np.stack([bg[j if moving else 0, :, y:y + ch, x:x + cw] for j, x, y in zip(g, x0, y0)])
@@ -394,7 +418,10 @@ def render_clip(product, colour, background, motion, *, width=128, height=128, f
         v = (ys[None, :ch, None] + f3(y0) - f3(cy[g])) / f3(ppu[g])
         su, sv = u * (1 / _SHADOW_RX[product]), (v - 0.5) * (1 / 0.075)
         shadow = _gauss(2.5 * su * su) * _gauss(2.5 * sv * sv)  # separable: two thin exps
-        crop = _composite(crop, _DRAW[product](u, v, f3(ppu[g]), f3(rot[g]), col), shadow)
+        layers = _DRAW[product](u, v, f3(ppu[g]), f3(rot[g]), col)
+        if motion == "rotating":
+            layers = _turntable(u, v, f3(ppu[g]), f3(rot[g])) + layers
+        crop = _composite(crop, layers, shadow)
         for j, x, y, c in zip(g, x0, y0, crop):
             out[j, :, y:y + ch, x:x + cw] = c
     # channels last; np.stack of the planes is several times faster than a transpose copy

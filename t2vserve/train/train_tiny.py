@@ -79,6 +79,11 @@ def main(argv=None) -> int:
     p.add_argument("--pad-warmup", type=int, default=PAD_WARMUP,
                    help="DiT steps over which the prompt padding's attention weight ramps up to "
                    "the served one (0 = served weight from the first step)")
+    p.add_argument("--dit-stop", type=int,
+                   help="end the DiT after this many steps of its --dit-steps schedule: a "
+                   "probe of a recipe's start (the colour-swap gap after 1200 of 8000 steps "
+                   "tells a run that learns colour from one that does not); the weights are "
+                   "then not for use")
     p.add_argument("--dit-seed", type=int,
                    help="seed of the DiT's batches, caption dropout and noise (default: --seed)")
     p.add_argument("--clips", type=int, default=960, help="clips encoded for the DiT")
@@ -92,6 +97,8 @@ def main(argv=None) -> int:
         p.error(f"--caption-noise must be in [0, 1), got {args.caption_noise}")
     if args.pad_warmup < 0:
         p.error(f"--pad-warmup must be >= 0, got {args.pad_warmup}")
+    if args.dit_stop is not None and not 1 <= args.dit_stop <= args.dit_steps:
+        p.error(f"--dit-stop must be in [1, --dit-steps = {args.dit_steps}], got {args.dit_stop}")
     dit_seed = args.seed if args.dit_seed is None else args.dit_seed
 
     torch.manual_seed(args.seed)
@@ -145,7 +152,7 @@ def main(argv=None) -> int:
     dit_losses = train_dit(comps.transformer, norm.repeat_interleave(2, dim=0),
                            cover.repeat_interleave(2, dim=0), cond, uncond, args.dit_steps,
                            args.dit_batch, dit_seed, log, object_weight=args.dit_object_weight,
-                           lr=args.dit_lr, pad_warmup=args.pad_warmup)
+                           lr=args.dit_lr, pad_warmup=args.pad_warmup, stop=args.dit_stop)
     right, wrong = swapped_colour_captions(plan[:48])
     gap = colour_swap_gap(comps.transformer, norm[:48], cover[:48],
                           embed(comps.text_encoder, comps.tokenizer, right, text_len),
@@ -170,9 +177,9 @@ def main(argv=None) -> int:
                "dit_steps": args.dit_steps, "dit_batch": args.dit_batch,
                "dit_object_weight": args.dit_object_weight, "dit_lr": args.dit_lr,
                "caption_noise": args.caption_noise, "pad_warmup": args.pad_warmup,
-               "dit_seed": dit_seed, "dit_colour_gap": round(gap, 4), "clips": len(plan),
-               "captions": len(captions), "threads": args.threads, "vae_minutes": vae_minutes,
-               "minutes": round(took / 60, 1),
+               "dit_seed": dit_seed, "dit_stop": args.dit_stop, "dit_colour_gap": round(gap, 4),
+               "clips": len(plan), "captions": len(captions), "threads": args.threads,
+               "vae_minutes": vae_minutes, "minutes": round(took / 60, 1),
                "vae_final_loss": float(np.mean(vae_losses[-50:])),
                "dit_final_loss": float(np.mean(dit_losses[-200:]))}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -126,13 +126,17 @@ def test_training_forward_is_the_served_dit_on_the_full_padded_context():
 
 
 def test_dit_seed_changes_the_dit_only_and_bad_options_are_refused(two_runs, tmp_path, capsys):
-    assert main(["--out", str(tmp_path), *FEW, "--dit-seed", "5", "--pad-warmup", "2"]) == 0
+    assert main(["--out", str(tmp_path), *FEW, "--dit-seed", "5", "--pad-warmup", "2",
+                 "--dit-stop", "2"]) == 0
     base = two_runs[0]
     for name, same in (("vae", True), ("text_encoder", True), ("transformer", False)):
         ta, tb = (load_file(d / f"{name}.safetensors") for d in (base, tmp_path))
         assert all(torch.equal(ta[k], tb[k]) for k in ta) == same, name
-    assert json.loads((tmp_path / "summary.json").read_text())["dit_seed"] == 5
-    for flag, value in (("--pad-warmup", "-1"), ("--caption-noise", "1")):
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["dit_seed"], summary["dit_stop"]) == (5, 2)
+    assert len(json.loads((tmp_path / "losses.json").read_text())["dit"]) == 2  # of 3 steps
+    for flag, value in (("--pad-warmup", "-1"), ("--caption-noise", "1"), ("--dit-stop", "4"),
+                        ("--dit-stop", "0")):
         with pytest.raises(SystemExit):
             main(["--out", str(tmp_path / "x"), *FEW, flag, value])
         assert flag in capsys.readouterr().err
