@@ -12,7 +12,7 @@ def tiny():
     """The tiny preset with seeded random weights (the same object for the whole session)."""
     from t2vserve.presets import build_components
 
-    return build_components("tiny", seed=0)
+    return build_components("tiny", seed=0, weights="random")
 
 
 @pytest.fixture(scope="session")

@@ -369,8 +369,8 @@ def render_clip(product, colour, background, motion, *, width=128, height=128, f
     lit from the upper left with a contact shadow. rotating: one turn per clip (loops) on a
     turntable whose dark and light quarters turn with it; zooming in: 1.0 -> 1.5x about the
     object; panning: the object slides left to right across 30 % of the width; still:
-    identical frames. All randomness (size, position, tint,
-    background tone) comes from `seed`."""
+    identical frames. All randomness (size, position, tint, background tone) comes from
+    `seed`."""
     for key, table in ((product, PRODUCTS), (colour, COLOURS), (background, BACKGROUNDS), (motion, MOTIONS)):
         if key not in table:
             raise ValueError(f"unknown {key!r}; known: {sorted(table)}")

@@ -81,9 +81,8 @@ def main(argv=None) -> int:
                    "the served one (0 = served weight from the first step)")
     p.add_argument("--dit-stop", type=int,
                    help="end the DiT after this many steps of its --dit-steps schedule: a "
-                   "probe of a recipe's start (the colour-swap gap after 1200 of 8000 steps "
-                   "tells a run that learns colour from one that does not); the weights are "
-                   "then not for use")
+                   "probe of a recipe's start (it logs the colour-swap gap there); the weights "
+                   "are then not for use")
     p.add_argument("--dit-seed", type=int,
                    help="seed of the DiT's batches, caption dropout and noise (default: --seed)")
     p.add_argument("--clips", type=int, default=960, help="clips encoded for the DiT")

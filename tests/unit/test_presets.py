@@ -55,8 +55,8 @@ def test_tiny_keeps_every_structural_feature_of_the_5b(tiny):
 
 
 def test_random_weights_are_seeded(tiny):
-    again = build_components("tiny", seed=0)
-    other = build_components("tiny", seed=1)
+    again = build_components("tiny", seed=0, weights="random")
+    other = build_components("tiny", seed=1, weights="random")
     a = dict(tiny.transformer.named_parameters())
     for name, p in again.transformer.named_parameters():
         assert torch.equal(p, a[name]), name
