@@ -8,9 +8,7 @@ import pytest
 from t2vserve.presets import TINY_WEIGHTS, build_components, trained_tiny_available
 from t2vserve.train.evaluate import MIN_COLOUR_HITS, MIN_GUIDANCE_DROP, MIN_MOTION_PAIRS
 
-# `make train-tiny` installs them; not committed yet: with them the served clip of a request
-# whose prompt embedding was just computed differs from the same request's cached-text rerun
-# (tests/integration/test_t2v.py::test_same_request_same_bytes_and_cached_text), issue 8
+# `make train-tiny` installs them; they are not committed yet (issue 8)
 pytestmark = pytest.mark.skipif(not trained_tiny_available(),
                                 reason="no trained tiny weights in t2vserve/assets/tiny-weights")
 
