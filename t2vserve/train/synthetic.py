@@ -222,14 +222,14 @@ def _ball(u, v, ppu, rot, col):
 # a rotating product stands on a turntable: a disc under it, in quarters alternately dark
 # and light, that turns with it (the product's own turn changes little on screen)
 _TURNTABLE_R, _TURNTABLE_SHADES = 0.52, ((38, 38, 40), (214, 214, 210))
+_TURNTABLE_B = _TURNTABLE_R * np.sin(_ELEV)  # its half-height on screen
 
 
 def _turntable(u, v, ppu, rot):
     """The turntable's layers (back to front): the disc, centred on the product's base
     (v = 0.5) and seen from the camera's elevation, and its light quarters turned by rot."""
-    b = _TURNTABLE_R * np.sin(_ELEV)
-    du, dv = u, (v - 0.5) * (_TURNTABLE_R / b)
-    disc = _cov(_ellipse(u, v - 0.5, _f32(_TURNTABLE_R), _f32(b)), ppu)
+    du, dv = u, (v - 0.5) * (_TURNTABLE_R / _TURNTABLE_B)
+    disc = _cov(_ellipse(u, v - 0.5, _f32(_TURNTABLE_R), _f32(_TURNTABLE_B)), ppu)
     # cos 2(phi - rot) from the disc-plane direction, without an arctan
     r2 = np.maximum(du * du + dv * dv, 1e-6)
     c2, s2 = (du * du - dv * dv) / r2, 2 * du * dv / r2
@@ -406,7 +406,7 @@ def render_clip(product, colour, background, motion, *, width=128, height=128, f
     half, up = _EXTENT[product]
     bottom = 0.62  # object units below the centre the window reaches (past the shadow)
     if motion == "rotating":
-        half, bottom = max(half, _TURNTABLE_R + 0.02), 0.52 + _TURNTABLE_R * np.sin(_ELEV)
+        half, bottom = max(half, _TURNTABLE_R + 0.02), 0.52 + _TURNTABLE_B
     f3 = lambda a: _f32(a)[:, None, None]  # noqa: E731
     for g in np.array_split(np.arange(n), min(n, 3) if motion == "zooming in" else 1):
         cw = int(min(width, np.ceil((2 * half * ppu[g]).max()) + 2))
