@@ -1,14 +1,42 @@
 """Frames -> H.264 MP4 bytes (PyAV's libx264), and back, plus the clip QC metrics."""
 
+import functools
 import io
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
+
+# x264's AVX-512 code is not run-to-run deterministic: on an AVX-512 Xeon the same frames,
+# one thread, fixed options, gave 3-8 different encodings in 40 (decoding up to 37 grey
+# levels apart), while x264 capped at AVX2 gave 1 in 40, and the same bytes as its usual
+# AVX-512 output. So on AVX-512 CPUs x264 gets everything it would detect but AVX-512:
+# AVX2 (which brings AVX, FMA3, BMI1/2, LZCNT and SSE*) and fast SSE2. Every x86 CPU
+# with AVX-512 has all of those, so the cap cannot select an instruction it lacks.
+X264_ASM_WITHOUT_AVX512 = "AVX2,SSE2Fast"
+
+
+def x264_asm(cpu_flags: set[str]) -> str | None:
+    """x264's `asm` setting for a CPU with these /proc/cpuinfo flags; None = its own
+    detection (no AVX-512 there, or not an x86 CPU)."""
+    return X264_ASM_WITHOUT_AVX512 if "avx512f" in cpu_flags else None
+
+
+@functools.cache
+def _host_x264_asm() -> str | None:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: leave x264 its own detection
+        return None
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    return x264_asm(set(flags))
 
 
 def encode_mp4(frames: np.ndarray, fps: int, *, crf: int = 18) -> bytes:
     """uint8 (F, H, W, 3) -> MP4 bytes. Deterministic: one encoder thread, fixed options,
-    no timestamps from the clock, so the same frames give the same bytes."""
+    no timestamps from the clock, no AVX-512 in x264 (see above), so the same frames give
+    the same bytes."""
     import av
 
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
@@ -21,7 +49,10 @@ def encode_mp4(frames: np.ndarray, fps: int, *, crf: int = 18) -> bytes:
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.codec_context.thread_count = 1
-        stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
+        options = {"crf": str(crf), "preset": "medium", "threads": "1"}
+        if asm := _host_x264_asm():
+            options["x264-params"] = f"asm={asm}"
+        stream.options = options
         container.metadata["encoder"] = "t2vserve"
         for i, frame in enumerate(frames):
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
