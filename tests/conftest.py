@@ -9,10 +9,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def tiny():
-    """The tiny preset with seeded random weights (the same object for the whole session)."""
+    """The tiny preset with its default weights, the ones `make serve` exports: the committed
+    trained ones, else seeded random (the same object for the whole session). The served
+    artifacts, the torch reference and the perf baseline must all hold the same weights."""
     from t2vserve.presets import build_components
 
-    return build_components("tiny", seed=0, weights="random")
+    return build_components("tiny", seed=0)
 
 
 @pytest.fixture(scope="session")

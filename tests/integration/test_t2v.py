@@ -8,7 +8,6 @@ import pytest
 from t2vserve.client import T2VClient, T2VError
 from t2vserve.media import decode_mp4, encode_mp4
 from t2vserve.pipeline import Pipeline
-from t2vserve.presets import build_components
 from t2vserve.schema import GenerationRequest
 
 
@@ -24,7 +23,7 @@ def test_mp4_has_the_requested_frames_size_and_fps(client):
     assert 0 <= video.qc["black_frame_ratio"] <= 1 and video.qc["mean_luma"] > 0
 
 
-def test_frames_are_bit_exact_with_the_in_process_pipeline(client, server):
+def test_frames_are_bit_exact_with_the_in_process_pipeline(client, server, tiny):
     request = GenerationRequest(prompt="一款黑色无线蓝牙降噪耳机佩戴在人耳上", width=128, height=96,
                                 num_frames=9, fps=24, steps=4, guidance_scale=4.0, seed=11)
     video = client.generate(request.prompt, width=request.width, height=request.height,
@@ -37,7 +36,7 @@ def test_frames_are_bit_exact_with_the_in_process_pipeline(client, server):
     # served clip's decoded MP4 is what the ONNX Runtime frames encode to, byte for byte, so
     # comparing raw frames is the strict test. (Comparing two lossy encodings instead let
     # H.264's choices on noise-like random-weight clips turn a 1-level difference into 39.6 dB.)
-    reference = Pipeline.from_components(build_components("tiny")).generate(request)  # served ones
+    reference = Pipeline.from_components(tiny).generate(request)  # the served weights
     assert ours.shape == reference.shape
     mse = np.mean((ours.astype(float) - reference.astype(float)) ** 2)
     assert mse == 0 or 10 * np.log10(255**2 / mse) >= 40
