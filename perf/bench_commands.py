@@ -1,4 +1,5 @@
-"""`t2vserve bench gpu`: the networks' latency and MFU on this machine (see perf/bench_gpu.py)."""
+"""`t2vserve bench gpu`: the networks' latency and MFU on this machine (see perf/bench_gpu.py).
+`t2vserve bench encoder`: x264 held to AVX2 against its own detection (perf/bench_encoder.py)."""
 
 
 def _bench_gpu(args) -> int:
@@ -18,6 +19,30 @@ def _bench_gpu(args) -> int:
                        log=lambda s: print(s, flush=True))
     path = write_bench(result, args.out_dir)
     print(bench_markdown(result))
+    print(f"wrote {path} (+ .md summary)")
+    return 0
+
+
+def _bench_encoder(args) -> int:
+    from t2vserve.perf.bench_encoder import SIZES, markdown, run_bench, write_bench
+
+    sizes = SIZES
+    if args.shape:
+        try:
+            sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shape]
+        except ValueError:
+            sizes = []
+        if not sizes or any(len(s) != 3 or min(s) < 1 or s[0] % 8 or s[1] % 8 for s in sizes):
+            raise ValueError("--shape takes WIDTHxHEIGHTxFRAMES with width and height multiples "
+                             f"of 8, e.g. 832x480x49; got {args.shape}")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.noisy_repeats < 0:
+        raise ValueError(f"--noisy-repeats must be >= 0, got {args.noisy_repeats}")
+    result = run_bench(sizes, repeats=args.repeats, noisy_repeats=args.noisy_repeats,
+                       log=lambda s: print(s, flush=True))
+    path = write_bench(result, args.out_dir)
+    print(markdown(result))
     print(f"wrote {path} (+ .md summary)")
     return 0
 
@@ -46,3 +71,15 @@ def register(sub) -> None:
     g.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
     g.add_argument("--out-dir", default="perf/results")
     g.set_defaults(func=_bench_gpu)
+
+    e = bench.add_parser("encoder", help="MP4 encoding with x264 held to AVX2 (as served on "
+                                         "AVX-512 CPUs) against x264's own detection: time and "
+                                         "distinct outputs; writes <out-dir>/encoder-<date>-<host>.json and .md")
+    e.add_argument("--shape", action="append", metavar="WxHxF",
+                   help="clip size, repeatable (default 128x128x17, 832x480x49, 1280x704x121)")
+    e.add_argument("--repeats", type=int, default=5, help="encodes per setting (default 5)")
+    e.add_argument("--noisy-repeats", type=int, default=40,
+                   help="encodes per setting of a small noise-like clip, where x264's AVX-512 "
+                        "non-determinism shows (default 40; 0 skips it)")
+    e.add_argument("--out-dir", default="perf/results")
+    e.set_defaults(func=_bench_encoder)

@@ -9,10 +9,11 @@ import numpy as np
 
 # x264's AVX-512 code is not run-to-run deterministic: on an AVX-512 Xeon the same frames,
 # one thread, fixed options, gave 3-8 different encodings in 40 (decoding up to 37 grey
-# levels apart), while x264 capped at AVX2 gave 1 in 40, and the same bytes as its usual
-# AVX-512 output. So on AVX-512 CPUs x264 gets everything it would detect but AVX-512:
-# AVX2 (which brings AVX, FMA3, BMI1/2, LZCNT and SSE*) and fast SSE2. Every x86 CPU
-# with AVX-512 has all of those, so the cap cannot select an instruction it lacks.
+# levels apart), while x264 capped at AVX2 gave 1 in 40 (and, on clips where the AVX-512
+# output was stable, the same bytes). So on AVX-512 CPUs x264 gets everything it would
+# detect but AVX-512: AVX2 (which brings AVX, FMA3, BMI1/2, LZCNT and SSE*) and fast SSE2.
+# Every x86 CPU with AVX-512 has all of those, so the cap cannot select an instruction it
+# lacks. perf/bench_encoder.py measures what it costs.
 X264_ASM_WITHOUT_AVX512 = "AVX2,SSE2Fast"
 
 
@@ -33,10 +34,11 @@ def _host_x264_asm() -> str | None:
     return x264_asm(set(flags))
 
 
-def encode_mp4(frames: np.ndarray, fps: int, *, crf: int = 18) -> bytes:
+def encode_mp4(frames: np.ndarray, fps: int, *, crf: int = 18, asm: str = "host") -> bytes:
     """uint8 (F, H, W, 3) -> MP4 bytes. Deterministic: one encoder thread, fixed options,
     no timestamps from the clock, no AVX-512 in x264 (see above), so the same frames give
-    the same bytes."""
+    the same bytes. `asm`: "host" (that cap where the CPU has AVX-512), "auto" (x264's own
+    detection; for benchmarks), or x264's `asm` setting itself."""
     import av
 
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
@@ -50,7 +52,9 @@ def encode_mp4(frames: np.ndarray, fps: int, *, crf: int = 18) -> bytes:
         stream.pix_fmt = "yuv420p"
         stream.codec_context.thread_count = 1
         options = {"crf": str(crf), "preset": "medium", "threads": "1"}
-        if asm := _host_x264_asm():
+        if asm == "host":
+            asm = _host_x264_asm() or "auto"
+        if asm != "auto":
             options["x264-params"] = f"asm={asm}"
         stream.options = options
         container.metadata["encoder"] = "t2vserve"
