@@ -2,17 +2,21 @@
 `t2vserve bench encoder`: x264 held to AVX2 against its own detection (perf/bench_encoder.py)."""
 
 
+def _parse_shapes(values: list[str]) -> list[tuple[int, int, int]]:
+    """["1280x704x121", ...] -> [(1280, 704, 121), ...]; [] if any is not WIDTHxHEIGHTxFRAMES."""
+    try:
+        shapes = [tuple(int(v) for v in s.lower().split("x")) for s in values]
+    except ValueError:
+        return []
+    return shapes if all(len(s) == 3 for s in shapes) else []
+
+
 def _bench_gpu(args) -> int:
     from t2vserve.perf.bench_gpu import bench_markdown, run_bench, write_bench
 
-    shapes = None
-    if args.shape:
-        try:
-            shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shape]
-        except ValueError:
-            shapes = []
-        if not shapes or any(len(s) != 3 for s in shapes):
-            raise ValueError(f"--shape takes WIDTHxHEIGHTxFRAMES, e.g. 1280x704x121; got {args.shape}")
+    shapes = _parse_shapes(args.shape) if args.shape else None
+    if shapes is not None and not shapes:
+        raise ValueError(f"--shape takes WIDTHxHEIGHTxFRAMES, e.g. 1280x704x121; got {args.shape}")
     result = run_bench(preset=args.preset, device=args.device, dtype=args.dtype, shapes=shapes,
                        repeats=args.repeats, warmup=args.warmup, compile=args.compile,
                        cuda_graphs=args.cuda_graphs, baseline=not args.no_baseline,
@@ -26,15 +30,10 @@ def _bench_gpu(args) -> int:
 def _bench_encoder(args) -> int:
     from t2vserve.perf.bench_encoder import SIZES, markdown, run_bench, write_bench
 
-    sizes = SIZES
-    if args.shape:
-        try:
-            sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shape]
-        except ValueError:
-            sizes = []
-        if not sizes or any(len(s) != 3 or min(s) < 1 or s[0] % 8 or s[1] % 8 for s in sizes):
-            raise ValueError("--shape takes WIDTHxHEIGHTxFRAMES with width and height multiples "
-                             f"of 8, e.g. 832x480x49; got {args.shape}")
+    sizes = _parse_shapes(args.shape) if args.shape else SIZES
+    if not sizes or any(min(s) < 1 or s[0] % 8 or s[1] % 8 for s in sizes):
+        raise ValueError("--shape takes WIDTHxHEIGHTxFRAMES with width and height multiples "
+                         f"of 8, e.g. 832x480x49; got {args.shape}")
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     if args.noisy_repeats < 0:

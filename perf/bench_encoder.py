@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from t2vserve.media import X264_ASM_WITHOUT_AVX512, _host_x264_asm, encode_mp4
+from t2vserve.media import X264_ASM_WITHOUT_AVX512, host_x264_asm, encode_mp4
 from t2vserve.perf.run import device_label, machine
 
 SIZES = ((128, 128, 17), (832, 480, 49), (1280, 704, 121))
@@ -65,7 +65,7 @@ def run_bench(sizes=SIZES, repeats: int = 5, noisy_repeats: int = 40, log=print)
         log(json.dumps(row))
         rows.append(row)
     return {"benchmark": "x264 held to AVX2 vs x264's own CPU detection", "date": str(date.today()),
-            "machine": machine(), "host_cap": _host_x264_asm(), "repeats": repeats, "rows": rows}
+            "machine": machine(), "host_cap": host_x264_asm(), "repeats": repeats, "rows": rows}
 
 
 def markdown(result: dict) -> str:

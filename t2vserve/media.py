@@ -24,7 +24,8 @@ def x264_asm(cpu_flags: set[str]) -> str | None:
 
 
 @functools.cache
-def _host_x264_asm() -> str | None:
+def host_x264_asm() -> str | None:
+    """`x264_asm` for this machine's CPU (read once from /proc/cpuinfo)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:  # not Linux: leave x264 its own detection
@@ -53,7 +54,7 @@ def encode_mp4(frames: np.ndarray, fps: int, *, crf: int = 18, asm: str = "host"
         stream.codec_context.thread_count = 1
         options = {"crf": str(crf), "preset": "medium", "threads": "1"}
         if asm == "host":
-            asm = _host_x264_asm() or "auto"
+            asm = host_x264_asm() or "auto"
         if asm != "auto":
             options["x264-params"] = f"asm={asm}"
         stream.options = options

@@ -3,7 +3,7 @@
 import json
 
 from t2vserve import cli
-from t2vserve.media import decode_mp4
+from t2vserve.media import decode_mp4, encode_mp4
 from t2vserve.perf import bench_encoder
 
 
@@ -45,5 +45,5 @@ def test_cli_runs_and_refuses_bad_shapes(tmp_path, capsys):
 def test_encode_mp4_asm_settings_give_valid_clips():
     clip = bench_encoder._clip(64, 64, 5)
     for asm in ("host", "auto"):
-        frames, fps = decode_mp4(bench_encoder.encode_mp4(clip, 24, asm=asm))
+        frames, fps = decode_mp4(encode_mp4(clip, 24, asm=asm))
         assert frames.shape == clip.shape and fps == 24.0

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from t2vserve.media import X264_ASM_WITHOUT_AVX512, _host_x264_asm, decode_mp4, encode_mp4, x264_asm
+from t2vserve.media import X264_ASM_WITHOUT_AVX512, decode_mp4, encode_mp4, host_x264_asm, x264_asm
 from t2vserve.perf.bench_encoder import noisy_clip
 
 
@@ -54,7 +54,7 @@ def test_x264_runs_no_avx512_code_and_keeps_avx2():
     caps = [msg for _, name, msg in logs if name == "libx264" and "cpu capabilities" in msg]
     assert len(caps) == 1, logs
     assert "AVX512" not in caps[0].split()
-    if _host_x264_asm():  # an AVX-512 host: only AVX-512 is taken away
+    if host_x264_asm():  # an AVX-512 host: only AVX-512 is taken away
         assert "AVX2" in caps[0].split()
 
 
