@@ -106,6 +106,19 @@ def _perf_baseline(args) -> int:
     return 0
 
 
+def _target_utilisation(text: str) -> float:
+    import argparse
+
+    try:
+        u = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {text!r}") from None
+    if not 0 < u <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1] (0.8 = 80 % busy at peak), "
+                                         f"got {text}")
+    return u
+
+
 def _size(args) -> int:
     from t2vserve.perf import sizing_report
     from t2vserve.perf.roofline import GPU_PEAKS, estimate_video, format_estimate
@@ -133,17 +146,23 @@ def _size(args) -> int:
             "concurrency": 1, "throughput": 1.0 / est.seconds_per_video,
             "latency_ms": {q: est.seconds_per_video * 1000 for q in ("avg", "p50", "p90", "p95", "p99")},
             "latencies_ms": [est.seconds_per_video * 1000]}]})
-        source = f"{est.label}, {args.gpu} at {args.utilisation:.0%} utilisation"
+        source = f"{est.label}, {args.gpu} at {args.utilisation:.0%} of peak FLOP/s"
         stem = f"estimate-{args.gpu}-{args.width}x{args.height}x{args.frames}-{args.steps}steps"
-    sizing = size_fleet(curve, demand, slo, price_per_gpu_hour=args.price_per_gpu_hour)
+    sizing = size_fleet(curve, demand, slo, target_utilisation=args.target_utilisation,
+                        price_per_gpu_hour=args.price_per_gpu_hour)
     out = Path(args.out) if args.out else Path(args.out_dir) / f"sizing-{stem}-{args.peak_per_hour:g}ph.md"
     sizing_report.write(curve, sizing, source, out, estimate_md)
+    # the options, so the report can be made again with the same ones
+    options = {k: v for k, v in vars(args).items()
+               if k not in ("func", "command", "verbose", "out", "out_dir")}
     out.with_suffix(".json").write_text(json.dumps(
-        {"source": source, "sizing": sizing.to_dict(),
+        {"source": source, "options": options, "sizing": sizing.to_dict(),
          "estimate": est.to_dict() if args.gpu else None}, indent=1) + "\n")
     print(f"servers: {sizing.servers} (each {sizing.concurrency} in flight; utilisation "
-          f"{sizing.utilisation:.0%}); p95 latency {sizing.p95_s:.2f} s analytic, "
-          f"{sizing.sim_p95_s:.2f} s simulated; servers by simulation: "
+          f"{sizing.utilisation:.2%} at peak, target {sizing.target_utilisation:.0%}; binding: "
+          f"{sizing.binding}; {sizing.servers_for_utilisation} for the utilisation target, "
+          f"{sizing.servers_for_slo} for the p95 SLO); p95 latency {sizing.p95_s:.2f} s "
+          f"analytic, {sizing.sim_p95_s:.2f} s simulated; servers by simulation: "
           f"{sizing.servers_by_simulation}")
     if sizing.disagreement:
         print(f"disagreement: {sizing.disagreement}")
@@ -191,6 +210,10 @@ def register(sub) -> None:
                                  "l40s, ...) or its dense BF16 peak in TFLOP/s")
     z.add_argument("--peak-per-hour", type=float, required=True, help="peak videos per hour")
     z.add_argument("--p95-slo", type=float, default=60.0, help="p95 latency target, s (default 60)")
+    z.add_argument("--target-utilisation", "--target-utilization", dest="target_utilisation",
+                   type=_target_utilisation, default=0.8, metavar="U",
+                   help="plan each server to be at most this busy at peak, a fraction in (0, 1] "
+                        "(default 0.8); 1 sizes for the p95 SLO alone")
     z.add_argument("--burstiness", type=float, default=1.0,
                    help="squared coefficient of variation of inter-arrival times (1 = Poisson, "
                         "> 1 bursty); default 1")
@@ -202,7 +225,8 @@ def register(sub) -> None:
     z.add_argument("--steps", type=int, default=50)
     z.add_argument("--no-cfg", action="store_true", help="--gpu: no classifier-free guidance")
     z.add_argument("--utilisation", type=float, default=0.40,
-                   help="--gpu: assumed fraction of peak achieved (default 0.40)")
+                   help="--gpu: assumed fraction of the GPU's peak FLOP/s achieved while "
+                        "busy (MFU; default 0.40); not the fleet's load, see --target-utilisation")
     z.add_argument("--out-dir", default="perf/results")
     z.add_argument("--out", help="report path (.md; .html, .json and plots next to it)")
     z.set_defaults(func=_size)

@@ -99,6 +99,18 @@ class QueueEstimate:
     def stable(self) -> bool:
         return self.utilisation < 1.0
 
+    @property
+    def relaxation_s(self) -> float:
+        """How long the queue takes to forget how it started, as an order of magnitude: in heavy
+        traffic the queue length is a reflected Brownian motion with drift c/E[S] - lambda and
+        variance lambda (ca2 + cs2) per second, which settles on the scale variance / drift^2.
+        It grows as 1/(1 - rho)^2: a simulation (or a real peak) shorter than this has not
+        reached the steady state the p95 above describes."""
+        drift = self.channels / self.mean_service_s - self.arrival_rate
+        if drift <= 0:
+            return math.inf
+        return self.arrival_rate * (self.scv_arrival + self.scv_service) / drift**2
+
 
 def _check_samples(service_samples_s) -> np.ndarray:
     s = np.asarray(service_samples_s, dtype=float).ravel()
