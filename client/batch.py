@@ -1,26 +1,35 @@
 """`t2vserve batch`: a catalog (JSON lines of listings) -> clips + manifest.jsonl, resumable.
 
 The manifest is an append-only log, one JSON line per attempt; the last line for a SKU is
-its state. A rerun skips SKUs whose clip exists (ok or review) and retries failed ones.
-Clips whose QC looks wrong (black, frozen, flickering) are kept and marked "review" for a
-person to look at, never dropped.
+its state (a line reporting a duplicate catalog line carries `duplicate_of` and is not).
+A rerun skips a SKU only when its clip exists with the byte size and sha256 its record
+gives, and generates the rest again. Clips are written under a temporary name, fsynced and
+renamed, so a killed run never leaves a partial clip under a final name. Clips whose QC
+looks wrong (black, frozen, flickering) are kept and marked "review" for a person to look
+at, never dropped.
 """
 
 import hashlib
 import json
+import os
 import re
 import sys
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from t2vserve.client.core import T2VClient, T2VError
 from t2vserve.client.listing import ListingError, listing_to_prompt
 
 GENERATION_FIELDS = ("width", "height", "duration", "num_frames", "fps", "steps",
                      "guidance_scale", "negative_prompt")
+MAX_NAME = 100  # characters of the SKU kept in a file name; longer ones get a hash
+_TEMP = re.compile(r"^\..+\.mp4\.(?P<pid>\d+)\.tmp$")
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,7 @@ def safe_name(sku: str) -> str:
 
 def read_catalog(path: Path) -> list[tuple[int, dict | None, str | None]]:
     """(line number, listing or None, parse error or None) for each non-blank line."""
-    rows = []
+    rows: list[tuple[int, dict | None, str | None]] = []
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -66,13 +75,211 @@ def read_catalog(path: Path) -> list[tuple[int, dict | None, str | None]]:
 
 
 def read_manifest(path: Path) -> dict[str, dict]:
-    state = {}
+    """Each SKU's state: its last record, records of duplicate catalog lines aside."""
+    state: dict[str, dict] = {}
     if path.exists():
         for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
+            try:
                 record = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a run killed mid-append: that attempt is lost
+            if isinstance(record, dict) and "sku" in record and "duplicate_of" not in record:
                 state[record["sku"]] = record
     return state
+
+
+def resolve_prompt(item: dict) -> tuple[str, list[str]]:
+    """The line's own `prompt` when it has the key (never a silent fallback when it is
+    blank), else one made from the listing fields; and the listing's warnings."""
+    if "prompt" not in item:
+        made = listing_to_prompt(item)
+        return made.prompt, list(made.warnings)
+    prompt = item["prompt"]
+    if prompt is None:
+        raise ValueError("prompt is empty (null); leave the key out to build the prompt "
+                         "from the listing fields")
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise ValueError("prompt is empty" if not prompt else "prompt is blank (whitespace only)")
+    return prompt, []
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def clip_is_done(out_dir: Path, record: dict | None) -> bool:
+    """The record says ok/review and the file is the one it describes, byte for byte (a
+    record from before sizes and hashes were kept does not count)."""
+    if not record or record.get("status") not in ("ok", "review") or not record.get("path"):
+        return False
+    path = out_dir / record["path"]
+    try:
+        if path.stat().st_size != record.get("bytes"):
+            return False
+    except OSError:
+        return False
+    return sha256_file(path) == record.get("sha256")
+
+
+def assign_names(skus: list[str],
+                 previous: dict[str, dict]) -> dict[str, tuple[str | None, str | None]]:
+    """(file name or None, why it is not `<sku>.mp4`) per SKU. A name is never one another
+    SKU holds in this catalog or in the manifest, compared case-insensitively (macOS and
+    Windows disks). A SKU keeps the name its last record gave it; otherwise its own name
+    when that is a safe file name and free, else that name with a hash of the SKU."""
+    holders = Counter(r["path"].casefold() for r in previous.values() if r.get("path"))
+    taken = {r["path"].casefold(): sku for sku, r in previous.items()
+             if r.get("path") and holders[r["path"].casefold()] == 1}
+    names: dict[str, tuple[str | None, str | None]] = {}
+    for sku in skus:
+        old = (previous.get(sku) or {}).get("path")
+        if old and taken.get(old.casefold()) == sku:
+            names[sku] = (old, None)
+            continue
+        base = safe_name(sku)[:MAX_NAME]
+        plain = f"{base}.mp4"
+        hashed = f"{base}-{hashlib.sha256(sku.encode('utf-8')).hexdigest()[:8]}.mp4"
+        if base == sku and plain.casefold() not in taken:
+            choice, why = plain, None
+        elif hashed.casefold() not in taken:
+            choice = hashed
+            why = (f"file name {hashed}: " + (f"{plain} is taken by sku {taken[plain.casefold()]!r}"
+                   if base == sku else f"sku {sku!r} is not a safe file name"))
+        else:
+            names[sku] = (None, f"file names {plain} and {hashed} are both taken by other SKUs")
+            continue
+        taken[choice.casefold()] = sku
+        names[sku] = (choice, why)
+    return names
+
+
+@dataclass
+class Job:
+    line: int
+    sku: str
+    prompt: str | None = None
+    seed: int | None = None
+    params: dict = field(default_factory=dict)
+    path: str | None = None            # file name in the output folder
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None           # set: recorded failed, nothing sent
+    duplicate_of: int | None = None    # the line where this SKU first appeared
+    done: bool = False                 # its clip is already there, as recorded
+
+    def record(self) -> dict:
+        entry = {"sku": self.sku, "line": self.line, "prompt": self.prompt, "seed": self.seed,
+                 "path": None, "bytes": None, "sha256": None, "qc": None, "latency_s": None,
+                 "status": "failed", "error": self.error, "warnings": list(self.warnings)}
+        if self.duplicate_of is not None:
+            entry["duplicate_of"] = self.duplicate_of
+        return entry
+
+
+def plan_batch(rows: list[tuple[int, dict | None, str | None]], previous: dict[str, dict],
+               out_dir: Path) -> list[Job]:
+    """One job per catalog line: done (skip), failed before any request (parse error,
+    duplicate SKU, bad prompt or seed), or to generate under a file name of its own."""
+    jobs: list[Job] = []
+    first_line: dict[str, int] = {}
+    for n, item, error in rows:
+        if item is None:
+            jobs.append(Job(n, f"line-{n}", error=error))
+            continue
+        sku = str(item.get("sku") or f"line-{n}")
+        if sku in first_line:
+            first = first_line[sku]
+            jobs.append(Job(n, sku, duplicate_of=first, error=(
+                f"line {n} (sku {sku}): duplicate sku, first on line {first}; "
+                f"only line {first} is generated")))
+            continue
+        first_line[sku] = n
+        job = Job(n, sku, params={k: item[k] for k in GENERATION_FIELDS if k in item})
+        jobs.append(job)
+        if clip_is_done(out_dir, previous.get(sku)):
+            job.done = True
+            continue
+        try:
+            job.prompt, job.warnings = resolve_prompt(item)
+            try:
+                job.seed = int(item["seed"]) if "seed" in item else sku_seed(sku)
+            except (TypeError, ValueError):
+                raise ValueError(f"seed must be an integer, got {item['seed']!r}") from None
+        except (ListingError, ValueError) as exc:
+            job.error = f"line {n} (sku {sku}): {exc}"
+    to_make = [j for j in jobs if not j.done and j.error is None]
+    names = assign_names([j.sku for j in to_make], previous)
+    for job in to_make:
+        job.path, why = names[job.sku]
+        if job.path is None:
+            job.error = f"line {job.line} (sku {job.sku}): {why}"
+        elif why:
+            job.warnings.append(why)
+    return jobs
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Temporary name in the same folder, fsync, rename: whoever opens `path` (a resumed
+    run included) finds the old file or the whole new one, never part of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    if os.name == "posix":  # the rename is durable once the folder is; Windows cannot open one
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether the process that named a temporary file still runs (and may be writing it)."""
+    if pid <= 0 or pid == os.getpid() or os.name != "posix":
+        return False  # on Windows os.kill(pid, 0) sends CTRL_C: there, one run per folder
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def remove_stale_temps(out_dir: Path) -> list[Path]:
+    """Temporary clips left by a killed run (one whose pid is gone) are partial: delete."""
+    removed = []
+    for p in out_dir.glob(".*.tmp"):
+        m = _TEMP.match(p.name)
+        if m and not _pid_alive(int(m["pid"])):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def _end_torn_line(path: Path) -> None:
+    # A run killed mid-append leaves a line without its newline; end it so the next record
+    # starts on a line of its own (read_manifest skips the torn one).
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
 
 
 class Progress:
@@ -102,66 +309,63 @@ class Progress:
 
 
 def run_batch(catalog: Path, out_dir: Path, *, url: str, concurrency: int = 4,
-              timeout: float | None = None, qc: QcPolicy = QcPolicy(), stream=sys.stderr) -> dict:
+              timeout: float | None = None, qc: QcPolicy = QcPolicy(), stream=sys.stderr,
+              client_factory: Callable[[str], T2VClient] = T2VClient) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / "manifest.jsonl"
-    state = read_manifest(manifest_path)
+    _end_torn_line(manifest_path)
+    remove_stale_temps(out_dir)
+    jobs = plan_batch(read_catalog(catalog), read_manifest(manifest_path), out_dir)
     lock = threading.Lock()
-    jobs, skipped = [], 0
-    for n, item, error in read_catalog(catalog):
-        sku = str((item or {}).get("sku") or f"line-{n}")
-        done = state.get(sku)
-        if done and done["status"] in ("ok", "review") and (out_dir / done["path"]).exists():
-            skipped += 1
-            continue
-        jobs.append((sku, item, error))
 
     def record(entry: dict) -> None:
         with lock:
             with open(manifest_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
 
-    def one(client: T2VClient, sku: str, item: dict | None, error: str | None) -> dict:
-        entry = {"sku": sku, "prompt": None, "seed": None, "path": None, "qc": None,
-                 "latency_s": None, "status": "failed", "error": error, "warnings": []}
-        if item is None:
-            return entry
+    def one(client: T2VClient, job: Job) -> dict:
+        entry = job.record()
         t0 = time.monotonic()
         try:
-            if item.get("prompt"):
-                prompt, warnings = str(item["prompt"]), []
-            else:
-                lp = listing_to_prompt(item)
-                prompt, warnings = lp.prompt, list(lp.warnings)
-            seed = int(item["seed"]) if "seed" in item else sku_seed(sku)
-            entry.update(prompt=prompt, seed=seed, warnings=warnings)
-            params = {k: item[k] for k in GENERATION_FIELDS if k in item}
-            video = client.generate(prompt, seed=seed, timeout=timeout, **params)
-            path = f"{safe_name(sku)}.mp4"
-            (out_dir / path).write_bytes(video.mp4)
+            # plan_batch gives every job it leaves to make a prompt and a file name
+            assert job.prompt is not None and job.path is not None
+            video = client.generate(job.prompt, seed=job.seed, timeout=timeout, **job.params)
+            write_atomic(out_dir / job.path, video.mp4)
             reasons = qc.review_reasons(video.qc)
-            entry.update(path=path, qc=video.qc, error=None,
+            entry.update(path=job.path, bytes=len(video.mp4),
+                         sha256=hashlib.sha256(video.mp4).hexdigest(), qc=video.qc, error=None,
                          status="review" if reasons else "ok", review=reasons)
-        except (ListingError, T2VError, ValueError, TypeError) as exc:
-            entry["error"] = str(exc)
+        except (T2VError, ValueError, TypeError) as exc:
+            entry["error"] = f"line {job.line} (sku {job.sku}): {exc}"
         entry["latency_s"] = round(time.monotonic() - t0, 3)
         return entry
 
-    progress = Progress(len(jobs), stream)
-    summary = {"skipped": skipped, "ok": 0, "review": 0, "failed": 0}
+    failed_early = [j for j in jobs if not j.done and j.error is not None]
+    to_make = [j for j in jobs if not j.done and j.error is None]
+    progress = Progress(len(failed_early) + len(to_make), stream)
+    summary: dict[str, Any] = {"skipped": sum(j.done for j in jobs), "ok": 0, "review": 0,
+                               "failed": 0}
     local = threading.local()
-    clients = []
+    clients: list[T2VClient] = []
 
-    def worker(job):
+    def worker(job: Job) -> dict:
         if not hasattr(local, "client"):
-            local.client = T2VClient(url)
+            local.client = client_factory(url)
             with lock:
                 clients.append(local.client)
-        return one(local.client, *job)
+        return one(local.client, job)
 
     try:
+        # Failures known without a request go first: a duplicate line's record then precedes
+        # the record of the line it duplicates, in this run at least.
+        for job in failed_early:
+            record(job.record())
+            summary["failed"] += 1
+            progress.update(True)
         with ThreadPoolExecutor(max(1, concurrency)) as pool:
-            for future in as_completed([pool.submit(worker, job) for job in jobs]):
+            for future in as_completed([pool.submit(worker, job) for job in to_make]):
                 entry = future.result()
                 record(entry)
                 summary[entry["status"]] += 1
