@@ -183,11 +183,12 @@ def test_http_shim_serves_the_briefs_request_body(gateway):
 def test_http_shim_bad_input_is_a_4xx_with_the_allowed_range(gateway):
     status, _, data = _post(gateway, json.dumps({"prompt": "a cup", "width": 100}).encode())
     assert status == 400
-    assert "width must be a multiple of 32 in [64, 832], got 100" in json.loads(data)["error"]
+    message = json.loads(data)["error"]["message"]
+    assert "width must be a multiple of 32 in [64, 832], got 100" in message
     status, _, data = _post(gateway, b"{not json")
     assert status == 400 and "error" in json.loads(data)
     status, _, data = _post(gateway, json.dumps({"prompt": "a cup", "colour": "red"}).encode())
-    assert status == 400 and "unknown fields ['colour']" in json.loads(data)["error"]
+    assert status == 400 and "unknown fields ['colour']" in json.loads(data)["error"]["message"]
     status, _, data = _post(gateway, json.dumps({"prompt": "x" * 70000}).encode())
     assert status == 413
     status, _, data = _post(gateway, json.dumps({"prompt": "a cup", "width": 64, "height": 64,
