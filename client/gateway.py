@@ -152,7 +152,8 @@ async def json_errors(request: web.Request, handler) -> web.StreamResponse:
             raise
         message = {404: f"no such endpoint: {request.method} {request.path}",
                    405: f"{request.method} is not allowed on {request.path}; "
-                        f"use {exc.headers.get('Allow')}"}.get(exc.status, exc.text)
+                        f"use {exc.headers.get('Allow')}"}.get(exc.status,
+                                                               exc.text or exc.reason)
         code = HTTP_CODES.get(exc.status, exc.reason.lower().replace(" ", "_"))
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         response = error_response(exc.status, code, message, None, rid, allow)

@@ -109,7 +109,7 @@ def _features(listing: dict) -> list[str]:
     if isinstance(value, str):
         items = _FEATURE_SPLIT.split(value)
     elif isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
-        items = value
+        items = list(value)
     else:
         raise ListingError("field 'features' must be a list of strings or a string")
     features = []
