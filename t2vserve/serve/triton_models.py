@@ -6,6 +6,7 @@ Every model reads its deployment profile from the `profile` parameter of its con
 
 import json
 import time
+import uuid
 from collections import defaultdict
 
 import numpy as np
@@ -49,18 +50,19 @@ def _error(exc: Exception):
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), code))
 
 
-def _batched(requests, names, run):
+def _batched(requests, names, run, inputs_of=None):
     """Dynamic batching in a Python model: concatenate the requests that share shapes, run
     once, split the outputs back by each request's batch size. If a merged run fails, each
-    of its requests runs alone, so one bad request fails itself and not its batchmates."""
+    of its requests runs alone, so one bad request fails itself and not its batchmates.
+    `inputs_of(request)` gives a request's arrays where they are not just its `names`."""
     responses = [None] * len(requests)
     groups = defaultdict(list)
     for i, r in enumerate(requests):
-        arrays = [_input(r, n) for n in names]
+        arrays = inputs_of(r) if inputs_of else [_input(r, n) for n in names]
         groups[tuple(a.shape[1:] for a in arrays)].append((i, arrays))
 
     def run_group(members):
-        batch = [np.concatenate([m[1][k] for m in members]) for k in range(len(names))]
+        batch = [np.concatenate([m[1][k] for m in members]) for k in range(len(members[0][1]))]
         outputs = run(*batch)
         offset = 0
         for i, arrays in members:
@@ -85,21 +87,34 @@ def _batched(requests, names, run):
     return responses
 
 
+# The request parameter that names the t2v request a text_encoder call is for. Triton's
+# response cache keys on the inputs only, so a cached answer still names the request it was
+# computed for: a hit is an answer computed for another request.
+COMPUTED_FOR = "t2v_request"
+
+
 class TextEncoderModel:
     def initialize(self, args):
         _, profile, threads = _setup(args)
         self.stage = stages.TextStage(profile, threads)
 
     def execute(self, requests):
-        def run(prompts, negatives):
+        def inputs_of(r):
+            prompts = _input(r, "prompt_text")
+            for_request = str(json.loads(r.parameters() or "{}").get(COMPUTED_FOR, ""))
+            return [prompts, _input(r, "negative_text"),
+                    np.array([[for_request.encode()]] * len(prompts), dtype=np.object_)]
+
+        def run(prompts, negatives, for_requests):
             t0 = time.perf_counter()
             embeds = self.stage.encode([(p[0].decode("utf-8"), n[0].decode("utf-8"))
                                         for p, n in zip(prompts, negatives)])
-            info = json.dumps({"ms": round((time.perf_counter() - t0) * 1e3, 2),
-                               "computed_ns": time.time_ns()})
+            ms = round((time.perf_counter() - t0) * 1e3, 2)
+            infos = [json.dumps({"ms": ms, "computed_for": f[0].decode()}).encode()
+                     for f in for_requests]
             return {"prompt_embeds": embeds,
-                    "text_info": np.array([[info.encode()]] * len(prompts), dtype=np.object_)}
-        return _batched(requests, ["prompt_text", "negative_text"], run)
+                    "text_info": np.array(infos, dtype=np.object_).reshape(-1, 1)}
+        return _batched(requests, ["prompt_text", "negative_text"], run, inputs_of)
 
 
 class DitModel:
@@ -142,11 +157,12 @@ class DitModel:
         return responses
 
 
-def _bls(model: str, inputs: dict, outputs: list[str]) -> dict:
+def _bls(model: str, inputs: dict, outputs: list[str], parameters: dict | None = None) -> dict:
     """One call to another model of this server; an error there becomes an exception here."""
     request = pb_utils.InferenceRequest(
         model_name=model, requested_output_names=outputs,
-        inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()])
+        inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()],
+        **({"parameters": parameters} if parameters else {}))
     response = request.exec()
     if response.has_error():
         raise RuntimeError(f"{model}: {response.error().message()}")
@@ -204,7 +220,7 @@ class T2VModel:
         try:
             values = {n: _input(r, n) for n in stages.REQUEST_INPUTS}
             req = stages.parse_request(values, self.profile, self.tokenizer)
-            accepted_ns = time.time_ns()
+            this_request = uuid.uuid4().hex
 
             def check(stage):
                 if r.is_cancelled():
@@ -218,9 +234,11 @@ class T2VModel:
                 check(f"after step {i + 1}/{req.steps}")
 
             # 1. text (Triton's response cache answers a repeated prompt pair)
+            t0 = time.perf_counter()
             text = _bls("text_encoder", {"prompt_text": _bytes(req.prompt, (1, 1)),
                                          "negative_text": _bytes(req.negative_prompt, (1, 1))},
-                        ["prompt_embeds", "text_info"])
+                        ["prompt_embeds", "text_info"], {COMPUTED_FOR: this_request})
+            text_ms = round((time.perf_counter() - t0) * 1e3, 2)
             text_info = json.loads(text["text_info"].reshape(-1)[0])
             embeds = text["prompt_embeds"][0]
             if req.guidance_scale <= 1.0:  # no unconditional pass, as WanPipeline
@@ -237,9 +255,10 @@ class T2VModel:
             # 3. decode, 4. encode
             vae = _bls("vae_decoder", {"latents": latents.astype(np.float32)}, ["frames", "vae_ms"])
             check("after the VAE")
-            info = {"stages_ms": {"text_encoder": text_info["ms"], "denoise": denoise_ms},
-                    # computed before this request was accepted: served from the cache
-                    "cache_hit": text_info["computed_ns"] < accepted_ns,
+            # the text encoder's time is how long this request waited for its embeddings
+            # (queue and compute on a miss, the cache lookup on a hit)
+            info = {"stages_ms": {"text_encoder": text_ms, "denoise": denoise_ms},
+                    "cache_hit": text_info["computed_for"] != this_request,
                     "dit_calls": dit.calls}
             params = {k: getattr(req, k) for k in ("width", "height", "num_frames", "fps",
                                                    "steps", "guidance_scale", "seed")}

@@ -44,16 +44,30 @@ def test_frames_are_bit_exact_with_the_in_process_pipeline(client, server, tiny)
     assert served.shape == ours.shape
 
 
-def test_same_request_same_bytes_and_cached_text(client):
+def _cache_hits(server, model="text_encoder") -> int:
+    import tritonclient.grpc as grpcclient
+
+    c = grpcclient.InferenceServerClient(server.grpc_url)
+    s = c.get_inference_statistics(model_name=model, as_json=True)["model_stats"][0]
+    c.close()
+    return int(s["inference_stats"].get("cache_hit", {}).get("count", 0))
+
+
+def test_same_request_same_bytes_and_cached_text(server, client):
     # The two video_encoder instances take turns: on an AVX-512 host, x264's AVX-512 code
     # gave them different bytes for the same frames (media.x264_asm caps it).
     kwargs = dict(width=64, height=64, num_frames=5, steps=2, seed=77)
-    a = client.generate("a white box on a grey background", **kwargs)
-    b = client.generate("a white box on a grey background", **kwargs)
+    prompt = "a white box on a grey background, slowly"  # no other test asks for it
+    hits = _cache_hits(server)
+    a = client.generate(prompt, **kwargs)
+    assert a.info["cache_hit"] is False and _cache_hits(server) == hits
+    b = client.generate(prompt, **kwargs)
     assert a.mp4 == b.mp4
-    assert b.info["cache_hit"] is True
-    c = client.generate("a white box on a grey background", **{**kwargs, "seed": 78})
-    assert c.mp4 != a.mp4
+    # info.cache_hit is the response cache's own answer: Triton counted exactly this hit
+    assert b.info["cache_hit"] is True and _cache_hits(server) == hits + 1
+    assert b.cache_hit and b.stages_ms["text_encoder"] > 0
+    c = client.generate(prompt, **{**kwargs, "seed": 78})
+    assert c.mp4 != a.mp4 and c.info["cache_hit"] is True
 
 
 def _stats(server, model):
