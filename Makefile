@@ -13,9 +13,10 @@ ARTIFACTS := build/artifacts/$(PRESET)
 setup: $(STAMP)
 
 # torch==2.13.0 first (the CPU wheel on this machine), so nothing pulls CUDA wheels; then the
-# project with its pins. tritonclient 2.50.0 goes in last with --no-deps: its perf_analyzer
-# binary is the one that runs on glibc 2.36, and its grpc extra pins protobuf<5, which onnx
-# 1.23 cannot use; its generated code runs on protobuf 6 (tested by the suite).
+# project with the server's pins (`pip check` clean). perf_analyzer is the binary from the
+# tritonclient 2.50.0 wheel (newer ones need glibc 2.38); only the binary is taken from it,
+# into the venv's bin/, so the installed tritonclient stays the declared 2.73.0.
+PA_WHEEL := tritonclient==2.50.0
 $(STAMP): pyproject.toml Makefile
 	@if ! dpkg -s libb64-0d >/dev/null 2>&1; then \
 		echo "installing libb64-0d (perf_analyzer needs it)"; \
@@ -23,8 +24,13 @@ $(STAMP): pyproject.toml Makefile
 	fi
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check torch==2.13.0
-	$(PIP) install -q --disable-pip-version-check -e '.[dev]'
-	$(PIP) install -q --disable-pip-version-check --no-deps tritonclient==2.50.0
+	$(PIP) install -q --disable-pip-version-check -e '.[server,dev]'
+	$(PIP) check
+	rm -rf build/pa-wheel && $(PIP) download -q --disable-pip-version-check --no-deps \
+		$(PA_WHEEL) -d build/pa-wheel
+	$(PY) -m zipfile -e build/pa-wheel/tritonclient-*.whl build/pa-wheel/x
+	install -m 755 build/pa-wheel/x/tritonclient-*.data/data/bin/perf_analyzer $(VENV)/bin/perf_analyzer
+	rm -rf build/pa-wheel
 	@touch $(STAMP)
 
 $(ARTIFACTS)/manifest.json: | $(STAMP)

@@ -6,6 +6,11 @@ import logging
 import sys
 import time
 
+# what `pip install "t2vserve[server]"` adds to the client install
+SERVER_MODULES = frozenset({
+    "torch", "diffusers", "transformers", "accelerate", "safetensors", "sentencepiece", "onnx",
+    "onnxruntime", "onnxscript", "av", "pytriton", "nvidia", "polygraphy", "matplotlib"})
+
 
 def _export_tensorrt(args) -> int:
     from t2vserve.export.tensorrt_engine import ArtifactPaths, build_engines
@@ -320,6 +325,13 @@ def main(argv=None) -> int:
     logging.getLogger("t2vserve").setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
         return args.func(args)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] not in SERVER_MODULES:
+            raise
+        print(f"t2vserve {args.command}: error: this command needs the server install "
+              f"(pip install 't2vserve[server]'); module {exc.name!r} is missing",
+              file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, KeyError, T2VError) as exc:
         print(f"t2vserve {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,8 @@ defaults, batching and instances per Triton model, queue policy, cache, server p
 from dataclasses import dataclass
 from pathlib import Path
 
+import t2vserve.profiles
+
 import yaml
 
 from t2vserve.schema import Limits
@@ -26,14 +28,23 @@ REQUIRED = {
 }
 
 
+# profiles/ is installed as t2vserve.profiles, so `--profile cpu-tiny` works from a wheel too
+SHIPPED = Path(t2vserve.profiles.__file__).parent
+
+
 class ProfileError(ValueError):
     pass
+
+
+def shipped_profiles() -> list[str]:
+    return sorted(p.stem for p in SHIPPED.glob("*.yaml"))
 
 
 @dataclass(frozen=True)
 class Profile:
     data: dict
     path: Path
+    base: Path | None = None   # what relative paths are relative to, when not the file's
 
     @property
     def name(self) -> str:
@@ -41,8 +52,9 @@ class Profile:
 
     @property
     def root(self) -> Path:
-        """Relative paths in a profile are relative to the project root (profiles/..)."""
-        return self.path.resolve().parent.parent
+        """Relative paths in a profile are relative to the project root (profiles/..), or
+        to the working directory for a shipped profile named on the command line."""
+        return self.base or self.path.resolve().parent.parent
 
     def resolve(self, p: str | None) -> Path | None:
         if p is None:
@@ -80,12 +92,21 @@ def limits_from(lim: dict) -> Limits:
 
 
 def load_profile(path: str | Path) -> Profile:
-    path = Path(path)
+    """A profile file, or a shipped profile by name (`cpu-tiny`, or `profiles/cpu-tiny.yaml`
+    where no such file exists here): its relative paths then start at the working directory."""
+    path, base = Path(path), None
     if not path.exists():
-        raise ProfileError(f"profile {path} not found")
+        shipped = SHIPPED / f"{path.stem}.yaml"
+        if path.parent not in (Path("."), Path("profiles")) or not shipped.exists():
+            raise ProfileError(f"profile {path} not found (shipped profiles: "
+                               f"{', '.join(shipped_profiles())})")
+        path, base = shipped, Path.cwd()
     data = yaml.safe_load(path.read_text())
     if not isinstance(data, dict):
         raise ProfileError(f"{path}: a profile is a YAML mapping")
+    # a rendered repository's copy says where the original's relative paths start
+    if data.get("root") is not None:
+        base = Path(data.pop("root"))
     missing = []
     for section, keys in REQUIRED.items():
         if section not in data:
@@ -97,4 +118,4 @@ def load_profile(path: str | Path) -> Profile:
     for name, model in data["models"].items():
         if "instances" not in model:
             raise ProfileError(f"{path}: models.{name}.instances is missing")
-    return Profile(data, path)
+    return Profile(data, path, base)

@@ -9,10 +9,14 @@ import re
 import shutil
 from pathlib import Path
 
+import yaml
+
+import t2vserve.model_repository
 from t2vserve.profile import Profile
 from t2vserve.serve.stages import load_manifest
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "model_repository"
+# model_repository/ is installed as t2vserve.model_repository (package data)
+TEMPLATES = Path(t2vserve.model_repository.__file__).parent
 MODELS = ("text_encoder", "dit", "vae_decoder", "video_encoder", "t2v")
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_.]+)\}")
 
@@ -44,7 +48,7 @@ def render(text: str, values: dict[str, str], source: str = "template") -> str:
     return out
 
 
-def template_values(profile: Profile) -> dict[str, str]:
+def template_values(profile: Profile, profile_path: Path) -> dict[str, str]:
     manifest = load_manifest(profile)
     if profile.limits.prompt_tokens > manifest["text_len"]:
         raise RenderError(f"limits.prompt_tokens {profile.limits.prompt_tokens} exceeds the "
@@ -52,7 +56,7 @@ def template_values(profile: Profile) -> dict[str, str]:
     text = manifest["graphs"]["text_encoder"]["outputs"][0]["shape"]
     values = flatten(profile.data)
     values.update({
-        "profile_path": str(profile.path.resolve()),
+        "profile_path": str(profile_path),
         "derived.text_dim": str(text[-1]),
         "derived.text_len": str(manifest["text_len"]),
         "derived.latent_channels": str(manifest["latent_channels"]),
@@ -63,9 +67,15 @@ def template_values(profile: Profile) -> dict[str, str]:
 
 def render_repository(profile: Profile, out: str | Path, templates: Path = TEMPLATES) -> Path:
     out = Path(out)
-    values = template_values(profile)
+    # the models read the profile from a copy inside the repository, which also records
+    # where its relative paths start (a shipped profile's start at the working directory)
+    copy = out.resolve() / "profile.yaml"
+    values = template_values(profile, copy)
     if out.exists():
         shutil.rmtree(out)
+    out.mkdir(parents=True)
+    copy.write_text(yaml.safe_dump({**profile.data, "root": str(profile.root)},
+                                   allow_unicode=True, sort_keys=False))
     for model in MODELS:
         src = templates / model
         if not (src / "config.pbtxt").exists():

@@ -40,7 +40,11 @@ def test_renders_every_model_with_no_placeholder_left(profile, tmp_path):
     assert "dims: [ 256, 32 ]" in dit
     assert re.search(r"count: 8 ", (repo / "t2v" / "config.pbtxt").read_text())
     assert "response_cache { enable: true }" in (repo / "text_encoder" / "config.pbtxt").read_text()
-    assert str(profile.path.resolve()) in (repo / "t2v" / "config.pbtxt").read_text()
+    # the models read a copy of the profile inside the repository that keeps its root
+    copy = repo.resolve() / "profile.yaml"
+    assert f'string_value: "{copy}"' in (repo / "t2v" / "config.pbtxt").read_text()
+    served = load_profile(copy)
+    assert served.data == profile.data and served.artifacts == profile.artifacts
     assert (repo / "t2v" / "1" / "model.py").exists()
 
 

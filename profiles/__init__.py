@@ -1,0 +1,1 @@
+"""Deployment profiles, shipped with the package so `--profile cpu-tiny` works anywhere."""
