@@ -7,6 +7,7 @@ config; it loads a local diffusers-format checkpoint, or builds random / meta we
 """
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,6 +131,90 @@ def trained_tiny_available(weights_dir: str | Path = TINY_WEIGHTS) -> bool:
     return (Path(weights_dir) / "transformer.safetensors").exists()
 
 
+# The three networks, in the order their random weights are seeded (seed, seed+1, seed+2).
+NETWORKS = ("text_encoder", "transformer", "vae")
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype):
+    # parameters are created in the target dtype, not in FP32 and then cast
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_component(
+    preset: str | Preset,
+    network: str,
+    *,
+    checkpoint: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    weights: str = "default",
+    weights_dir: str | Path = TINY_WEIGHTS,
+) -> torch.nn.Module:
+    """Build one of the preset's networks ("text_encoder", "transformer" or "vae"), in eval
+    mode, straight in `dtype` on `device`: a stage process holds its own network and nothing
+    else, and a 5B model never passes through an FP32 copy in host memory.
+
+    Same weights as `build_components` gives that network (arguments as there). A checkpoint
+    needs only this network's subfolder; it is loaded with `device_map` (accelerate), so the
+    tensors go from the file to the device in `dtype`.
+    """
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    if network not in NETWORKS:
+        raise ValueError(f"network must be one of {NETWORKS}, got {network!r}")
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    meta = str(device) == "meta"
+    if checkpoint is not None:
+        folder = Path(checkpoint) / network
+        if not (folder / "config.json").exists():
+            raise FileNotFoundError(f"{checkpoint} is not a diffusers checkpoint: missing "
+                                    f"{network}/config.json")
+        placed = {} if meta else {"device_map": str(torch.device(device))}
+        if network == "text_encoder":
+            module = UMT5EncoderModel.from_pretrained(
+                folder, attn_implementation="eager", dtype=dtype, local_files_only=True, **placed)
+        else:
+            cls = WanTransformer3DModel if network == "transformer" else AutoencoderKLWan
+            module = cls.from_pretrained(folder, torch_dtype=dtype, local_files_only=True,
+                                         low_cpu_mem_usage=True, **placed)
+    else:
+        trained = (weights == "default" and preset.name == "tiny" and not meta
+                   and trained_tiny_available(weights_dir))
+        with torch.device(device), _default_dtype(dtype):
+            if network == "transformer":
+                module = WanTransformer3DModel(**preset.dit)
+            elif network == "vae":
+                vae_config = preset.vae
+                if trained:  # the statistics of the trained VAE's latents, not the stand-ins
+                    vae_config = {**preset.vae,
+                                  **json.loads((Path(weights_dir) / "latents.json").read_text())}
+                module = AutoencoderKLWan(**vae_config)
+            else:
+                config = UMT5Config(**preset.text_encoder)
+                config._attn_implementation = "eager"  # the only implementation that exports
+                module = UMT5EncoderModel(config)
+        if trained:
+            from safetensors.torch import load_model
+
+            load_model(module, str(Path(weights_dir) / f"{network}.safetensors"), strict=True)
+        elif not meta:
+            _random_init_(module, seed + NETWORKS.index(network))
+        if not meta and dtype != torch.float32:
+            module.to(dtype)  # the buffers __init__ computes in an explicit FP32
+    # (a checkpoint keeps diffusers' _keep_in_fp32_modules in FP32, as from_pretrained does)
+    return module.eval().requires_grad_(False)
+
+
 def build_components(
     preset: str | Preset = "tiny",
     *,
@@ -140,7 +225,7 @@ def build_components(
     weights: str = "default",
     weights_dir: str | Path = TINY_WEIGHTS,
 ) -> Components:
-    """Build the preset's three networks.
+    """Build the preset's three networks (each as `build_component` builds it) and tokenizer.
 
     `checkpoint`: a diffusers-format pipeline folder (transformer/, vae/, text_encoder/,
     tokenizer/). Without one: `tiny` loads its shipped trained weights when they exist
@@ -149,53 +234,21 @@ def build_components(
     parameter counts only). `weights_dir`: where the tiny preset's trained weights are
     (default: the shipped ones; `make train-tiny`'s output folder to try a fresh run).
     """
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
-
     from t2vserve.tokenizer import load_tokenizer
 
     preset = get_preset(preset) if isinstance(preset, str) else preset
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
-    trained = (checkpoint is None and weights == "default" and preset.name == "tiny"
-               and str(device) != "meta" and trained_tiny_available(weights_dir))
     if checkpoint is not None:
-        ckpt = Path(checkpoint)
         for sub in ("transformer", "vae", "text_encoder"):
-            if not (ckpt / sub / "config.json").exists():
-                raise FileNotFoundError(f"{ckpt} is not a diffusers checkpoint: missing {sub}/config.json")
-        kw = dict(torch_dtype=dtype, local_files_only=True)
-        transformer = WanTransformer3DModel.from_pretrained(ckpt / "transformer", **kw)
-        vae = AutoencoderKLWan.from_pretrained(ckpt / "vae", **kw)
-        text_encoder = UMT5EncoderModel.from_pretrained(
-            ckpt / "text_encoder", attn_implementation="eager", **kw
-        )
-        tokenizer = load_tokenizer(ckpt / "tokenizer")
-        comps = Components(preset, text_encoder, transformer, vae, tokenizer)
+            if not (Path(checkpoint) / sub / "config.json").exists():
+                raise FileNotFoundError(f"{checkpoint} is not a diffusers checkpoint: missing "
+                                        f"{sub}/config.json")
+    nets = {n: build_component(preset, n, checkpoint=checkpoint, device=device, seed=seed,
+                               dtype=dtype, weights=weights, weights_dir=weights_dir)
+            for n in NETWORKS}
+    if checkpoint is not None:
+        tokenizer = load_tokenizer(Path(checkpoint) / "tokenizer")
     else:
-        vae_config = preset.vae
-        if trained:  # the statistics of the trained VAE's latents, not the stand-ins
-            vae_config = {**preset.vae,
-                          **json.loads((Path(weights_dir) / "latents.json").read_text())}
-        with torch.device(device):
-            transformer = WanTransformer3DModel(**preset.dit)
-            vae = AutoencoderKLWan(**vae_config)
-            config = UMT5Config(**preset.text_encoder)
-            config._attn_implementation = "eager"  # the only implementation that exports
-            text_encoder = UMT5EncoderModel(config)
-        if trained:
-            from safetensors.torch import load_model
-
-            for name, m in (("text_encoder", text_encoder), ("transformer", transformer),
-                            ("vae", vae)):
-                load_model(m, str(Path(weights_dir) / f"{name}.safetensors"), strict=True)
-        elif str(device) != "meta":
-            for i, m in enumerate((text_encoder, transformer, vae)):
-                _random_init_(m, seed + i)
         tokenizer = load_tokenizer() if preset.name == "tiny" else None
-        comps = Components(preset, text_encoder, transformer, vae, tokenizer)
-    for m in (comps.text_encoder, comps.transformer, comps.vae):
-        m.eval().requires_grad_(False)
-        if str(device) != "meta" and (dtype != torch.float32 or str(device) != "cpu"):
-            m.to(device=device, dtype=dtype)
-    return comps
+    return Components(preset, nets["text_encoder"], nets["transformer"], nets["vae"], tokenizer)

@@ -48,6 +48,41 @@ def render(text: str, values: dict[str, str], source: str = "template") -> str:
     return out
 
 
+# the Triton models a profile's components.<c>.gpus places (one per component)
+PLACED = ("text_encoder", "dit", "vae_decoder")
+# Python-backend parameter: hand the model GPU input tensors as they are (DLPack) instead of
+# copying every input to the host first, the backend's default
+_GPU_INPUTS = '\nparameters { key: "FORCE_CPU_ONLY_INPUT_TENSORS" value: { string_value: "no" } }'
+
+
+def gpus_of(profile: Profile, component: str) -> list[int] | None:
+    """components.<c>.gpus: the GPU ids its Triton instances go on (`count` instances on
+    each), or None for CPU instances."""
+    gpus = profile.data["components"][component].get("gpus")
+    if gpus is None:
+        return None
+    if (not isinstance(gpus, list) or not gpus
+            or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpus)
+            or len(set(gpus)) != len(gpus)):
+        raise RenderError(f"components.{component}.gpus must be a non-empty list of distinct "
+                          f"GPU ids (integers >= 0), got {gpus!r}")
+    return gpus
+
+
+def placement_values(profile: Profile) -> dict[str, str]:
+    """instance_group kind, `gpus` and the GPU-only parameters for each placed model: KIND_GPU
+    on the profile's GPUs where it names them, KIND_CPU (and nothing added) otherwise."""
+    values = {}
+    for model in PLACED:
+        gpus = gpus_of(profile, model)
+        values.update({
+            f"derived.{model}.instance_kind": "KIND_GPU" if gpus else "KIND_CPU",
+            f"derived.{model}.gpus": f" gpus: [ {', '.join(map(str, gpus))} ]" if gpus else "",
+            f"derived.{model}.device_parameters": _GPU_INPUTS if gpus else "",
+        })
+    return values
+
+
 def template_values(profile: Profile, profile_path: Path) -> dict[str, str]:
     manifest = load_manifest(profile)
     if profile.limits.prompt_tokens > manifest["text_len"]:
@@ -62,6 +97,7 @@ def template_values(profile: Profile, profile_path: Path) -> dict[str, str]:
         "derived.latent_channels": str(manifest["latent_channels"]),
         "derived.qc_size": "4",
     })
+    values.update(placement_values(profile))
     return values
 
 

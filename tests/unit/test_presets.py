@@ -86,3 +86,30 @@ def test_5b_loads_a_local_diffusers_checkpoint(tmp_path, tiny):
         ref = dict(b.state_dict())
         for name, t in a.state_dict().items():
             assert torch.equal(t, ref[name]), name
+
+
+def test_one_network_is_built_straight_in_its_dtype(tiny):
+    """A stage builds one network, created in the target dtype (no FP32 copy first), with
+    the same weights the whole preset gives it."""
+    from t2vserve.presets import build_component
+
+    dit = build_component("tiny", "transformer", dtype=torch.bfloat16)
+    assert {p.dtype for p in dit.parameters()} == {torch.bfloat16}
+    ref = tiny.transformer.state_dict()
+    for name, t in dit.state_dict().items():
+        assert torch.equal(t, ref[name].to(torch.bfloat16)), name
+    with pytest.raises(ValueError, match="network must be one of"):
+        build_component("tiny", "unet")
+
+
+def test_one_network_loads_from_its_own_checkpoint_folder_in_its_dtype(tmp_path, tiny):
+    from t2vserve.presets import build_component
+
+    tiny.vae.save_pretrained(tmp_path / "vae")  # only the VAE's folder exists
+    vae = build_component("tiny", "vae", checkpoint=tmp_path, dtype=torch.float16)
+    assert {p.dtype for p in vae.parameters()} == {torch.float16}
+    ref = tiny.vae.state_dict()
+    for name, t in vae.state_dict().items():
+        assert torch.equal(t, ref[name].to(torch.float16)), name
+    with pytest.raises(FileNotFoundError, match="transformer/config.json"):
+        build_component("tiny", "transformer", checkpoint=tmp_path)

@@ -85,3 +85,44 @@ def test_perf_analyzer_names_the_rendered_version_of_every_model(profile, tmp_pa
         assert (repo / name / version).is_dir(), (name, version)
     with pytest.raises(ValueError, match="exactly one"):
         command("127.0.0.1:8001", tmp_path / "input.json")
+
+
+def config_of(path):
+    """A rendered config.pbtxt parsed as Triton's ModelConfig (so it is valid config too)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def test_a_component_with_gpus_gets_gpu_instances_on_those_gpus(profile, tmp_path):
+    """components.dit.gpus: [1] -> dit's instances are KIND_GPU on GPU 1, its inputs may
+    arrive as GPU tensors; the components without gpus render as on CPU profiles."""
+    profile.data["components"]["dit"]["gpus"] = [1]
+    profile.data["models"]["dit"]["instances"] = 2
+    repo = render_repository(profile, tmp_path / "repo")
+    dit = config_of(repo / "dit" / "config.pbtxt")
+    (group,) = dit.instance_group
+    assert group.kind == group.KIND_GPU and list(group.gpus) == [1] and group.count == 2
+    assert dit.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == "no"
+    for model in ("text_encoder", "vae_decoder"):
+        config = config_of(repo / model / "config.pbtxt")
+        assert [g.kind for g in config.instance_group] == [group.KIND_CPU]
+        assert list(config.instance_group[0].gpus) == []
+        assert "FORCE_CPU_ONLY_INPUT_TENSORS" not in config.parameters
+
+
+def test_cpu_profiles_render_the_instance_groups_as_before(profile, tmp_path):
+    repo = render_repository(profile, tmp_path / "repo")
+    for model, count in (("text_encoder", 1), ("dit", 1), ("vae_decoder", 2)):
+        text = (repo / model / "config.pbtxt").read_text()
+        assert f"instance_group [ {{ kind: KIND_CPU count: {count} }} ]\n" in text, model
+        assert text.endswith('/profile.yaml" } }\n'), model
+
+
+@pytest.mark.parametrize("gpus", [[], [-1], [0, 0], "0", [1.5], [True]])
+def test_bad_gpu_lists_are_named(profile, tmp_path, gpus):
+    profile.data["components"]["vae_decoder"]["gpus"] = gpus
+    with pytest.raises(RenderError, match=r"components.vae_decoder.gpus must be a non-empty "
+                                          r"list of distinct GPU ids \(integers >= 0\)"):
+        render_repository(profile, tmp_path / "repo")
