@@ -70,14 +70,6 @@ def evaluate(dim, values: dict[str, int]) -> int:
     return ev(tree)
 
 
-def _grid(lo: int, hi: int, step: int, what: str) -> tuple[int, int]:
-    """First and last multiple of `step` in [lo, hi]: the extremes validation lets through."""
-    first, last = -(-lo // step) * step, hi // step * step
-    if first > last:
-        raise ValueError(f"{what}: no multiple of {step} in [{lo}, {hi}]")
-    return first, last
-
-
 def _frame_grid(lo: int, hi: int, stride: int) -> tuple[int, int]:
     first, last = lo + (1 - lo) % stride, hi - (hi - 1) % stride
     if first > last:
@@ -85,36 +77,60 @@ def _frame_grid(lo: int, hi: int, stride: int) -> tuple[int, int]:
     return first, last
 
 
-def _check_default(profile, name: str, value: int, grid: tuple[int, int], step: int) -> None:
-    lo, hi = grid
-    if not lo <= value <= hi or (value - lo) % step:
-        raise ValueError(f"defaults.{name} {value} is not a size the limits allow: "
-                         f"{lo}..{hi} in steps of {step} (profile {profile.name})")
+def _check_default_size(profile, limits) -> None:
+    w, h = (profile.defaults[n] for n in ("width", "height"))
+    for name, value in (("width", w), ("height", h)):
+        if limits.size_error(name, value):
+            raise ValueError(f"defaults.{name} {value} is not a size the limits allow: "
+                             f"{limits.size_error(name, value)} (profile {profile.name})")
+    if limits.pair_error(w, h):
+        raise ValueError(f"defaults {w}x{h} is not a size the limits allow: "
+                         f"{limits.pair_error(w, h)} (profile {profile.name})")
 
 
-def symbol_spans(profile, preset: Preset, text_len: int) -> dict[str, dict[str, Span]]:
-    """Per graph, the span of every symbol its input shapes use."""
+def symbol_spans(profile, preset: Preset, text_len: int,
+                 size: tuple[int, int] | None = None) -> dict[str, dict[str, Span]]:
+    """Per graph, the span of every symbol its input shapes use.
+
+    Height and width span the sizes validation admits (`limits.sizes` where the profile
+    lists them), so the max is the largest admitted size, not the corner of the ranges.
+    `size` (width, height): the profile for that one admitted size (min = opt = max).
+    """
     limits, defaults = profile.limits, profile.defaults
     spatial = preset.vae["scale_factor_spatial"]
     temporal = preset.vae["scale_factor_temporal"]
     patch = preset.dit["patch_size"][1]
-    if limits.size_multiple % (spatial * patch):
-        raise ValueError(f"limits.width.multiple {limits.size_multiple} must be a multiple of "
-                         f"{spatial * patch} (VAE stride {spatial} x DiT patch {patch})")
+    for name in ("width", "height"):
+        if limits.multiple(name) % (spatial * patch):
+            raise ValueError(f"limits.{name}.multiple {limits.multiple(name)} must be a multiple "
+                             f"of {spatial * patch} (VAE stride {spatial} x DiT patch {patch})")
     if limits.prompt_tokens > text_len:
         raise ValueError(f"limits.prompt_tokens {limits.prompt_tokens} exceeds the text "
                          f"encoder's length {text_len}")
 
-    m = limits.size_multiple
-    sizes = {}
-    for name in ("height", "width"):
-        grid = _grid(*getattr(limits, name), m, f"limits.{name}")
-        _check_default(profile, name, defaults[name], grid, m)
-        sizes[name] = [v // spatial for v in (grid[0], defaults[name], grid[1])]
+    _check_default_size(profile, limits)
+    sizes = limits.admitted_sizes()
+    if not sizes:
+        raise ValueError(f"limits.width/height admit no size (profile {profile.name})")
+    if size is not None:
+        if tuple(size) not in sizes:
+            raise ValueError(f"{size[0]}x{size[1]} is not a size profile {profile.name} admits")
+        sizes, opt = [tuple(size)], tuple(size)
+    else:
+        opt = (defaults["width"], defaults["height"])
+
+    def latent(axis: int) -> list[int]:  # min, opt, max over the sizes, in latent pixels
+        values = [s[axis] for s in sizes]
+        return [v // spatial for v in (min(values), opt[axis], max(values))]
+
+    w, h = latent(0), latent(1)
     frames = _frame_grid(*limits.num_frames, temporal)
-    _check_default(profile, "num_frames", defaults["num_frames"], frames, temporal)
-    latent_frames = Span(*[(f - 1) // temporal + 1
-                           for f in (frames[0], defaults["num_frames"], frames[1])])
+    n = defaults["num_frames"]
+    if not frames[0] <= n <= frames[1] or (n - frames[0]) % temporal:
+        raise ValueError(f"defaults.num_frames {n} is not a size the limits allow: "
+                         f"{frames[0]}..{frames[1]} in steps of {temporal} "
+                         f"(profile {profile.name})")
+    latent_frames = Span(*[(f - 1) // temporal + 1 for f in (frames[0], n, frames[1])])
 
     for model in ("text_encoder", "dit"):
         if int(profile.model(model)["max_batch_size"]) < 1:
@@ -123,7 +139,6 @@ def symbol_spans(profile, preset: Preset, text_len: int) -> dict[str, dict[str, 
     te_batch = 2 * int(profile.model("text_encoder")["max_batch_size"])  # prompt + negative
     dit_batch = int(profile.model("dit")["max_batch_size"])
     fixed_len = Span(text_len, text_len, text_len)
-    h, w = sizes["height"], sizes["width"]
     vae = {"batch": Span(1, 1, 1),  # the server decodes one sample per call
            "latent_height": Span(*h), "latent_width": Span(*w)}
     return {
@@ -222,14 +237,17 @@ def _shapes(graph: str, inputs: list[dict], spans: dict[str, Span]) -> dict:
     return out
 
 
-def optimisation_profiles(profile, manifest_or_preset: dict | Preset | None = None) -> dict:
+def optimisation_profiles(profile, manifest_or_preset: dict | Preset | None = None,
+                          size: tuple[int, int] | None = None) -> dict:
     """{graph: {input: (min_shape, opt_shape, max_shape)}} for the four TensorRT graphs.
 
     `manifest_or_preset`: an export's manifest.json (dict), a Preset, or None for the
-    profile's own preset.
+    profile's own preset. `size` (width, height): the profile of one admitted size; an
+    engine with one optimisation profile per admitted size holds no activation memory for
+    the box between them (832x832 where 832x480 and 480x832 are served).
     """
     preset, graphs, text_len = _source(profile, manifest_or_preset)
-    spans = symbol_spans(profile, preset, text_len)
+    spans = symbol_spans(profile, preset, text_len, size)
     missing = [g for g in GRAPHS if g not in graphs]
     if missing:
         raise ValueError(f"the manifest describes no graph {', '.join(missing)}")
@@ -272,9 +290,12 @@ def check_request_fits(profile, width: int, height: int, num_frames: int,
 
 
 def limit_corners(profile) -> list[tuple[int, int, int]]:
-    """(width, height, num_frames) at every corner of the sizes the limits accept."""
+    """(width, height, num_frames) at every corner of the sizes the limits accept: each
+    listed size, or the corners of the ranges, at the fewest and the most frames."""
     limits = profile.limits
-    ws = _grid(*limits.width, limits.size_multiple, "limits.width")
-    hs = _grid(*limits.height, limits.size_multiple, "limits.height")
     fs = _frame_grid(*limits.num_frames, 4)  # validation's rule: 4k+1 frames
-    return [(w, h, f) for w in ws for h in hs for f in fs]
+    sizes = limits.admitted_sizes()
+    if not limits.sizes and sizes:
+        ws, hs = sorted({w for w, _ in sizes}), sorted({h for _, h in sizes})
+        sizes = [(w, h) for w in (ws[0], ws[-1]) for h in (hs[0], hs[-1])]
+    return [(w, h, f) for w, h in sizes for f in fs]

@@ -80,9 +80,13 @@ class Profile:
 
 def limits_from(lim: dict) -> Limits:
     w, h = lim["width"], lim["height"]
+    sizes = lim.get("sizes") or []
+    if not all(isinstance(s, (list, tuple)) and len(s) == 2 for s in sizes):
+        raise ProfileError(f"limits.sizes must list [width, height] pairs, got {sizes!r}")
     return Limits(
         width=(w["min"], w["max"]), height=(h["min"], h["max"]),
-        size_multiple=w.get("multiple", 32),
+        width_multiple=w.get("multiple", 32), height_multiple=h.get("multiple", 32),
+        sizes=tuple((int(a), int(b)) for a, b in sizes),
         num_frames=(lim["num_frames"]["min"], lim["num_frames"]["max"]),
         steps=(lim["steps"]["min"], lim["steps"]["max"]),
         guidance_scale=(float(lim["guidance_scale"]["min"]), float(lim["guidance_scale"]["max"])),

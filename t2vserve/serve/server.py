@@ -159,23 +159,52 @@ class ShmError(ValueError):
     pass
 
 
-# Python stubs exchange tensors with the server through /dev/shm. The biggest is a clip's
-# uint8 frames, which cross three regions (vae_decoder out, t2v in and out, video_encoder in
-# counted as three copies), for every t2v request in flight; each stub also keeps its region.
-SHM_COPIES = 3
+# Python stubs exchange tensors with the server through /dev/shm, each stub in its own
+# region. A tensor one stub passes to another sits in the sender's region and in the
+# receiver's (2 copies); one from or to the client only in t2v's (1). Regions grow to their
+# peak and keep it, so the peaks of different stages add up: every crossing of a request
+# counts, for every t2v request in flight; each stub also keeps its starting region.
 SHM_DEFAULT_REGION = 16 << 20
+SMALL_TENSORS = 64 << 10  # timestep, vae_ms, qc, info and request JSON together
+
+
+def stub_tensors(profile: Profile, width: int, height: int,
+                 num_frames: int) -> list[tuple[str, int, int]]:
+    """(what, bytes, copies in /dev/shm) of every tensor one request of this size passes
+    across a stub boundary: the largest admitted clip's sum is what check_shm asks for."""
+    from t2vserve.presets import get_preset  # torch: the server install only
+
+    p = get_preset(profile.data["model"]["preset"])
+    s, t = p.vae["scale_factor_spatial"], p.vae["scale_factor_temporal"]
+    latents = 4 * p.latent_channels * ((num_frames - 1) // t + 1) * (height // s) * (width // s)
+    embeds = 4 * 2 * p.text_len * p.dit["text_dim"]  # FP32, prompt + negative
+    frames = width * height * num_frames * 3
+    return [
+        ("prompts (client -> t2v -> text_encoder)", 2 * profile.limits.prompt_bytes, 3),
+        ("prompt_embeds (text_encoder -> t2v)", embeds, 2),
+        ("latents, a CFG pair per step (t2v -> dit)", 2 * latents, 2),
+        ("prompt_embeds per step (t2v -> dit)", embeds, 2),
+        ("noise_pred, a CFG pair per step (dit -> t2v)", 2 * latents, 2),
+        ("latents (t2v -> vae_decoder)", latents, 2),
+        ("uint8 frames (vae_decoder -> t2v -> video_encoder)", frames, 4),
+        # x264 at CRF 18 stays under the raw 4:2:0 frames (pure noise: 41% of them)
+        ("MP4, at most the 4:2:0 frames (video_encoder -> t2v -> client)", frames // 2, 3),
+        ("timestep, vae_ms, qc, info and request JSON", SMALL_TENSORS, 2),
+    ]
 
 
 def shm_requirement(profile: Profile) -> tuple[int, str]:
-    lim = profile.data["limits"]
-    w, h, f = lim["width"]["max"], lim["height"]["max"], lim["num_frames"]["max"]
+    w, h, f = profile.limits.largest_clip()
+    tensors = stub_tensors(profile, w, h, f)
+    per_request = sum(size * copies for _, size, copies in tensors)
     frames = w * h * f * 3
     in_flight = int(profile.model("t2v")["instances"])
     stubs = sum(int(m["instances"]) for m in profile.data["models"].values())
-    need = frames * SHM_COPIES * in_flight + stubs * SHM_DEFAULT_REGION
-    why = (f"the limits admit {w}x{h}x{f} clips ({frames / 2**20:.0f} MiB of frames, x{SHM_COPIES} "
-           f"stub hops, x{in_flight} t2v instances in flight) and {stubs} stubs keep a "
-           f"{SHM_DEFAULT_REGION >> 20} MiB region each")
+    need = per_request * in_flight + stubs * SHM_DEFAULT_REGION
+    why = (f"the limits admit {w}x{h}x{f} clips, whose tensors crossing stub boundaries "
+           f"(frames {frames / 2**20:.0f} MiB x4 copies, the MP4, latents and embeddings) come "
+           f"to {per_request / 2**20:.0f} MiB per request, x{in_flight} t2v instances in "
+           f"flight, and {stubs} stubs keep a {SHM_DEFAULT_REGION >> 20} MiB region each")
     return need, why
 
 
@@ -192,6 +221,6 @@ def check_shm(profile: Profile, shm_dir: str = "/dev/shm") -> int:
         raise ShmError(
             f"shared memory too small for profile {profile.name}: {source} is "
             f"{have / 2**20:.0f} MiB but {why}: needs {need / 2**20:.0f} MiB. Give the container "
-            f"more (docker run --shm-size={-(-need // 2**30)}g), or lower limits.width/height/"
-            f"num_frames or models.t2v.instances")
+            f"more (docker run --shm-size={-(-need // 2**30)}g), or lower limits.sizes/width/"
+            f"height/num_frames or models.t2v.instances")
     return need

@@ -15,14 +15,12 @@ import pytest
 from t2vserve.export.tensorrt_engine import ArtifactPaths, compare_runners, engine_specs
 from t2vserve.export.trt_profiles import (
     GRAPHS,
-    check_request_fits,
     evaluate,
     optimisation_profiles,
     preset_graphs,
 )
 from t2vserve.presets import get_preset
 from t2vserve.profile import Profile, load_profile
-from t2vserve.schema import GenerationRequest, RequestValidationError
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = ("h100-480p", "h100-720p", "cpu-tiny")
@@ -108,53 +106,20 @@ def test_profiles_from_a_real_export_match_the_preset(tiny_artifacts):
     assert optimisation_profiles(profile, manifest) == optimisation_profiles(profile)
 
 
-def _request(profile, **size) -> GenerationRequest:
-    fields = {k: v for k, v in profile.defaults.items()}
-    return GenerationRequest(prompt="a red fox in the snow", **{**fields, **size})
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_every_size_validation_accepts_fits_the_engines(name, profiles):
-    profile, shapes = profiles[name]
-    lim = profile.limits
-    ws = range(lim.width[0], lim.width[1] + 1, lim.size_multiple)
-    hs = range(lim.height[0], lim.height[1] + 1, lim.size_multiple)
-    fs = [f for f in range(lim.num_frames[0], lim.num_frames[1] + 1) if (f - 1) % 4 == 0]
-    sizes = {(w, h, f) for w in (ws[0], ws[-1]) for h in (hs[0], hs[-1]) for f in (fs[0], fs[-1])}
-    sizes |= {(w, hs[-1], fs[0]) for w in ws} | {(ws[0], h, fs[-1]) for h in hs}
-    sizes |= {(ws[-1], hs[0], f) for f in fs}
-    d = profile.defaults
-    sizes.add((d["width"], d["height"], d["num_frames"]))
-    for w, h, f in sorted(sizes):
-        _request(profile, width=w, height=h, num_frames=f).validate(lim)
-        check_request_fits(profile, w, h, f, profiles=shapes)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_sizes_outside_the_limits_are_refused_at_validation(name, profiles):
-    profile, shapes = profiles[name]
-    lim = profile.limits
-    m = lim.size_multiple
-    w0, h0, f0 = lim.width[0], lim.height[0], lim.num_frames[0]
-    beyond = [(lim.width[1] + m, h0, f0), (w0, lim.height[1] + m, f0),
-              (w0, h0, lim.num_frames[1] + 4)]
-    below = [(w0 - m, h0, f0), (w0, h0 - m, f0), (w0, h0, f0 - 4),
-             (w0 + 16, h0, f0), (w0, h0, f0 + 2)]  # and off the 32-pixel / 4k+1 grids
-    for w, h, f in beyond + below:
-        with pytest.raises(RequestValidationError):
-            _request(profile, width=w, height=h, num_frames=f).validate(lim)
-    # past the maxima the engines would refuse too: validation is what keeps TensorRT safe
-    for w, h, f in beyond:
-        with pytest.raises(ValueError, match="outside the engine profile"):
-            check_request_fits(profile, w, h, f, profiles=shapes)
+# Every admitted size and every refused neighbour, against validation, the engine
+# profiles and the shared-memory sizing: tests/unit/test_profile_sizes.py
 
 
 def test_inconsistent_profiles_are_refused():
     profile = _profile("h100-480p")
     bad_default = _edited(profile, lambda d: d["defaults"].update(width=1280))
-    with pytest.raises(ValueError,
-                       match=r"defaults.width 1280 is not a size the limits allow: 480..832"):
+    with pytest.raises(ValueError, match=r"defaults.width 1280 is not a size the limits allow: "
+                                         r"width must be a multiple of 32 in \[480, 832\]"):
         optimisation_profiles(bad_default)
+    square = _edited(profile, lambda d: d["defaults"].update(width=832, height=832))
+    with pytest.raises(ValueError, match=r"defaults 832x832 is not a size the limits allow: "
+                                         r"height must be 480 for width 832"):
+        optimisation_profiles(square)
     too_long = _edited(profile, lambda d: d["limits"].update(prompt_tokens=600))
     with pytest.raises(ValueError,
                        match="limits.prompt_tokens 600 exceeds the text encoder's length 512"):
@@ -163,6 +128,9 @@ def test_inconsistent_profiles_are_refused():
     with pytest.raises(ValueError, match=r"multiple 16 must be a multiple of 32 "
                                          r"\(VAE stride 16 x DiT patch 2\)"):
         optimisation_profiles(odd)
+    odd_height = _edited(profile, lambda d: d["limits"]["height"].update(multiple=16))
+    with pytest.raises(ValueError, match=r"limits.height.multiple 16 must be a multiple of 32"):
+        optimisation_profiles(odd_height)
     with pytest.raises(ValueError,
                        match="the export is of preset 'tiny', profile h100-480p serves"):
         optimisation_profiles(profile, _manifest("tiny"))
@@ -191,47 +159,6 @@ def test_engine_specs_take_precision_from_the_profile(tmp_path):
                                          r"supported by the TensorRT build; choose one of "
                                          r"bf16, fp32"):
         engine_specs(fp16_text, _manifest("wan2.2-ti2v-5b"), paths)
-
-
-def test_native_repository_for_h100_480p(tmp_path):
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    from t2vserve.export.native_repository import render_native_repository
-
-    art, plans, out = tmp_path / "artifacts", tmp_path / "plans", tmp_path / "repo"
-    art.mkdir()
-    plans.mkdir()
-    (art / "manifest.json").write_text(json.dumps(_manifest("wan2.2-ti2v-5b")))
-    for graph in GRAPHS:
-        (plans / f"{graph}.plan").write_bytes(graph.encode())
-    (plans / "engines.json").write_text(json.dumps({"tensorrt": "10.13.0.35"}))
-    (out / "t2v").mkdir(parents=True)
-    (out / "t2v" / "config.pbtxt").write_text("python t2v stays")
-    profile = _edited(_profile("h100-480p"), lambda d: d["model"].update(artifacts=str(art)))
-    render_native_repository(profile, plans, out)
-
-    configs = {g: (out / g / "config.pbtxt").read_text() for g in GRAPHS}
-    for graph, text in configs.items():
-        parsed = text_format.Parse(text, model_config_pb2.ModelConfig())  # Triton's own schema
-        assert parsed.name == graph and parsed.platform == "tensorrt_plan"
-        assert (out / graph / "1" / "model.plan").read_bytes() == graph.encode()
-        assert "TensorRT 10.13.0.35" in text
-    dit = configs["dit"]
-    assert "max_batch_size: 4\n" in dit and "max_queue_delay_microseconds: 2000" in dit
-    assert '{ name: "latents" data_type: TYPE_FP32 dims: [ 48, -1, -1, -1 ] }' in dit
-    assert '{ name: "timestep" data_type: TYPE_FP32 dims: [ 1 ] reshape: { shape: [ ] } }' in dit
-    assert '{ name: "prompt_embeds" data_type: TYPE_FP32 dims: [ -1, 4096 ] }' in dit
-    assert '{ name: "noise_pred" data_type: TYPE_FP32 dims: [ 48, -1, -1, -1 ] }' in dit
-    assert "instance_group [ { kind: KIND_GPU count: 1 } ]" in dit
-    text = configs["text_encoder"]
-    assert "max_batch_size: 8\n" in text and "response_cache { enable: true }" in text
-    assert '{ name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] }' in text
-    step = configs["vae_decode_step"]
-    assert "max_batch_size: 1\n" in step
-    assert '{ name: "cache_31" data_type: TYPE_FP32 dims: [ 256, 2, -1, -1 ] }' in step
-    assert '{ name: "frames" data_type: TYPE_FP32 dims: [ 3, 4, -1, -1 ] }' in step
-    assert (out / "t2v" / "config.pbtxt").read_text() == "python t2v stays"
 
 
 def _onnx_scale(path: Path, scale: float) -> Path:
