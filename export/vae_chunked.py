@@ -4,9 +4,10 @@
 list; exporting it whole unrolls that loop and freezes the frame count. Here the loop body is
 split into `decode_first` (latent frame 0) and `decode_step` (each later frame), and every
 cache is a graph input/output of fixed shape (B, C_i, 2, h_i, w_i), so a runner drives the
-graphs for any frame count. Padding to 2 frames is exact: a 1-frame cache with a zero frame in
-front equals the causal conv's own zero padding, and the `"Rep"` marker (time_conv called
-without cache, i.e. two zero frames) equals an all-zero cache.
+graphs for any frame count (the one loop that does: `t2vserve.pipeline.decode_chunks`).
+Padding to 2 frames is exact: a 1-frame cache with a zero frame in front equals the causal
+conv's own zero padding, and the `"Rep"` marker (time_conv called without cache, i.e. two
+zero frames) equals an all-zero cache.
 
 Tensor names (both graphs): input `latents` (B, 48, 1, h, w); step inputs `cache_0..n-1`;
 outputs `frames` (B, 3, 1 | 4, 16h, 16w) and `cache_0_out..cache_{n-1}_out`. Symbolic dims:
@@ -108,16 +109,6 @@ class VaeDecodeStep(_VaeChunk):
         for c in feat:
             assert c.shape[2] == CACHE_T
         return (frames, *(c.float() for c in feat))
-
-
-def decode_chunked(first: nn.Module, step: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """(B, 48, T, h, w) -> (B, 3, 4(T-1)+1, 16h, 16w): how a runner drives the two graphs."""
-    frames, *caches = first(z[:, :, :1])
-    out = [frames]
-    for t in range(1, z.shape[2]):
-        frames, *caches = step(z[:, :, t : t + 1], *caches)
-        out.append(frames)
-    return torch.cat(out, dim=2)
 
 
 @contextlib.contextmanager

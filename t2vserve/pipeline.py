@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from t2vserve.presets import Preset, get_preset
-from t2vserve.runners import OnnxRuntimeRunner, Runner, TorchRunner
+from t2vserve.runners import (
+    OnnxRuntimeRunner, Runner, TorchRunner, device_of, to_device, to_host,
+)
 from t2vserve.schedulers import make_scheduler
 from t2vserve.schema import GenerationRequest
 
@@ -52,8 +55,6 @@ def latent_shape(preset: Preset, width: int, height: int, num_frames: int) -> tu
 def initial_noise(shape: tuple, seed: int) -> np.ndarray:
     # torch's CPU generator, as diffusers seeds it: the same seed gives the same video on
     # every machine, and a diffusers user can reproduce ours.
-    import torch
-
     g = torch.Generator("cpu").manual_seed(int(seed))
     return torch.randn(shape, generator=g, dtype=torch.float32).numpy()
 
@@ -62,31 +63,38 @@ def guide(noise_cond: np.ndarray, noise_uncond: np.ndarray, scale: float) -> np.
     return noise_uncond + np.float32(scale) * (noise_cond - noise_uncond)
 
 
-def to_uint8(frames: np.ndarray) -> np.ndarray:
-    """(B, 3, F, H, W) in [-1, 1] -> (B, F, H, W, 3) uint8, rounding as diffusers does."""
-    x = np.clip(frames / 2 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 4, 1)
-    return np.round(x * 255).astype(np.uint8)
+def to_uint8(frames):
+    """(B, 3, F, H, W) in [-1, 1] -> (B, F, H, W, 3) uint8, rounding as diffusers does (half
+    to even), on the frames' own device; a numpy array in gives a numpy array out."""
+    if isinstance(frames, np.ndarray):
+        return to_uint8(torch.from_numpy(frames)).numpy()
+    x = torch.clamp(frames / 2 + 0.5, 0.0, 1.0).permute(0, 2, 3, 4, 1)
+    return torch.round(x * 255).to(torch.uint8)
 
 
-def predict(dit: Runner, latents: np.ndarray, t: float, embeds: np.ndarray,
+def predict(dit: Runner, latents: np.ndarray, t: float, embeds: torch.Tensor,
             guidance: float) -> np.ndarray:
-    """One DiT call; the conditional and unconditional halves share one batch."""
-    batch = embeds.shape[0]
-    out = dit.run({
-        "latents": np.repeat(latents, batch, axis=0),
-        "timestep": np.full((batch,), t, dtype=np.float32),
+    """One DiT call; the conditional and unconditional halves share one batch. The scheduler
+    and the guidance stay in numpy (float64 multistep math, bit-exact with diffusers), so the
+    latents (not the embeddings) cross per step: (B, 48, T, h, w), a few MB at 720p."""
+    batch, device = embeds.shape[0], device_of(dit)
+    out = to_host(dit.run({
+        "latents": to_device(np.repeat(latents, batch, axis=0), device),
+        "timestep": torch.full((batch,), t, dtype=torch.float32, device=device),
         "prompt_embeds": embeds,
-    })["noise_pred"]
+    })["noise_pred"])
     return guide(out[:1], out[1:], guidance) if batch == 2 else out
 
 
-def denoise_loop(dit: Runner, latents: np.ndarray, embeds: np.ndarray, steps: int,
+def denoise_loop(dit: Runner, latents: np.ndarray, embeds, steps: int,
                  guidance: float, *, scheduler: str = "unipc", shift: float = 5.0,
                  callback=None) -> np.ndarray:
     """The flow-matching loop. `embeds` is (2, L, D) [cond, uncond] with guidance, else
-    (1, L, D). `callback(i, t, latents)` runs after each step (progress, cancellation)."""
+    (1, L, D), a tensor or an array (moved to the DiT's device once). `callback(i, t,
+    latents)` runs after each step (progress, cancellation)."""
     sched = make_scheduler(scheduler, shift=shift)
     sched.set_timesteps(steps)
+    embeds = to_device(embeds, device_of(dit))
     for i, t in enumerate(sched.timesteps):
         noise_pred = predict(dit, latents, float(t), embeds, guidance)
         latents = sched.step(noise_pred, t, latents)
@@ -95,25 +103,54 @@ def denoise_loop(dit: Runner, latents: np.ndarray, embeds: np.ndarray, steps: in
     return latents
 
 
-def decode_chunks(first: Runner, step: Runner, z: np.ndarray) -> np.ndarray:
-    """Causal VAE decode, one latent frame per call, caches carried between the calls:
-    (B, C, T, h, w) -> (B, 3, 4(T-1)+1, 16h, 16w) in [-1, 1]."""
+def decode_chunks(first: Runner, step: Runner, z, *, uint8: bool = False) -> torch.Tensor:
+    """The causal VAE decode loop, one latent frame per call, its caches carried from call to
+    call as the runners' own device tensors (they never reach the host):
+    (B, C, T, h, w) -> (B, 3, 4(T-1)+1, 16h, 16w) in [-1, 1], or with `uint8` each chunk made
+    uint8 frames (B, F, H, W, 3) on the device as it comes out."""
+    z = to_device(z, device_of(first))
     out = first.run({"latents": z[:, :, :1]})
     chunks = [out.pop("frames")]
     for i in range(1, z.shape[2]):
+        if uint8:
+            chunks[-1] = to_uint8(chunks[-1])
         feed = {name.removesuffix("_out"): value for name, value in out.items()}
         feed["latents"] = z[:, :, i:i + 1]
         out = step.run(feed)
         chunks.append(out.pop("frames"))
-    return np.concatenate(chunks, axis=2)
+    if uint8:
+        chunks[-1] = to_uint8(chunks[-1])
+    return torch.cat(chunks, dim=1 if uint8 else 2)
 
 
-def decode_latents(first: Runner, step: Runner, latents: np.ndarray, latents_mean: np.ndarray,
-                   latents_std: np.ndarray) -> np.ndarray:
-    """De-normalise as WanPipeline does (x / (1/std) + mean), then decode."""
-    inv_std = (1.0 / latents_std).reshape(1, -1, 1, 1, 1)
-    z = (latents / inv_std + latents_mean.reshape(1, -1, 1, 1, 1)).astype(np.float32)
-    return decode_chunks(first, step, z)
+def decode_frames(first: Runner, step: Runner, latents, latents_mean,
+                  latents_std) -> torch.Tensor:
+    """The VAE decode the server, the in-process pipeline and `bench gpu` all run: normalised
+    latents (B, C, T, h, w) -> uint8 frames (B, F, H, W, 3) on the runners' device.
+
+    De-normalises as WanPipeline does (x / (1/std) + mean), on the device. One sample per
+    loop: ONNX Runtime's convolutions round differently with the batch size (measured:
+    3e-6), and a clip must not depend on who shared its batch.
+    """
+    device = device_of(first)
+    inv_std = (1.0 / to_device(latents_std, device).float()).reshape(1, -1, 1, 1, 1)
+    mean = to_device(latents_mean, device).float().reshape(1, -1, 1, 1, 1)
+    z = to_device(latents, device).float() / inv_std + mean
+    return torch.cat([decode_chunks(first, step, z[i:i + 1], uint8=True)
+                      for i in range(len(z))])
+
+
+def vae_runners(vae, make=TorchRunner, **kwargs) -> tuple:
+    """The two chunk wrappers over `vae` as (first, step) runners, with the exported graphs'
+    tensor names; `make` is the runner class (TorchRunner, CudaTorchRunner), `kwargs` its
+    options."""
+    from t2vserve.export.vae_chunked import VaeDecodeFirst, VaeDecodeStep, cache_names
+
+    first, step = VaeDecodeFirst(vae), VaeDecodeStep(vae)
+    caches = cache_names(first.num_caches)
+    outs = ["frames"] + [c + "_out" for c in caches]
+    return (make(first, ["latents"], outs, **kwargs),
+            make(step, ["latents"] + caches, outs, **kwargs))
 
 
 @dataclass
@@ -132,20 +169,24 @@ class Pipeline:
     def tokenize(self, prompts: list[str]) -> dict[str, np.ndarray]:
         return tokenize(self.tokenizer, prompts, self.preset.text_len)
 
-    def encode(self, prompts: list[str]) -> np.ndarray:
-        return self.text_encoder.run(self.tokenize(prompts))["prompt_embeds"]
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """(N, L, D) embeddings on the text encoder's device."""
+        device = device_of(self.text_encoder)
+        tokens = {k: to_device(v, device) for k, v in self.tokenize(prompts).items()}
+        return self.text_encoder.run(tokens)["prompt_embeds"]
 
     # 2-3. the denoising loop
-    def denoise(self, latents: np.ndarray, embeds: np.ndarray, steps: int, guidance: float,
+    def denoise(self, latents: np.ndarray, embeds, steps: int, guidance: float,
                 callback=None) -> np.ndarray:
         return denoise_loop(self.dit, latents, embeds, steps, guidance,
                             scheduler=self.scheduler, shift=self.preset.flow_shift,
                             callback=callback)
 
-    # 4. de-normalise and decode, one latent frame at a time
-    def decode(self, latents: np.ndarray) -> np.ndarray:
-        return decode_latents(self.vae_decode_first, self.vae_decode_step, latents,
-                              self.latents_mean, self.latents_std)
+    # 4. de-normalise and decode, one latent frame at a time, on the VAE's device
+    def decode(self, latents) -> torch.Tensor:
+        """uint8 frames (B, F, H, W, 3) on the VAE runners' device."""
+        return decode_frames(self.vae_decode_first, self.vae_decode_step, latents,
+                             self.latents_mean, self.latents_std)
 
     def generate(self, request: GenerationRequest, callback=None) -> np.ndarray:
         """One request -> uint8 frames (F, H, W, 3)."""
@@ -155,18 +196,15 @@ class Pipeline:
         shape = latent_shape(self.preset, request.width, request.height, request.num_frames)
         latents = initial_noise(shape, request.seed)
         latents = self.denoise(latents, embeds, request.steps, request.guidance_scale, callback)
-        return to_uint8(self.decode(latents))[0]
+        return to_host(self.decode(latents))[0]
 
     # construction
     @classmethod
     def from_components(cls, comps, scheduler: str = "unipc") -> "Pipeline":
         """Torch reference: the export wrappers run eagerly."""
-        from t2vserve.export.vae_chunked import VaeDecodeFirst, VaeDecodeStep
         from t2vserve.export.wrappers import DiTExport, TextEncoderExport
 
-        first, step = VaeDecodeFirst(comps.vae), VaeDecodeStep(comps.vae)
-        n = first.num_caches
-        caches = [f"cache_{i}" for i in range(n)]
+        first, step = vae_runners(comps.vae)
         return cls(
             preset=comps.preset,
             tokenizer=comps.tokenizer,
@@ -174,10 +212,8 @@ class Pipeline:
                                      ["input_ids", "attention_mask"], ["prompt_embeds"]),
             dit=TorchRunner(DiTExport(comps.transformer),
                             ["latents", "timestep", "prompt_embeds"], ["noise_pred"]),
-            vae_decode_first=TorchRunner(first, ["latents"],
-                                         ["frames"] + [c + "_out" for c in caches]),
-            vae_decode_step=TorchRunner(step, ["latents"] + caches,
-                                        ["frames"] + [c + "_out" for c in caches]),
+            vae_decode_first=first,
+            vae_decode_step=step,
             latents_mean=np.asarray(comps.vae.config.latents_mean, np.float32),
             latents_std=np.asarray(comps.vae.config.latents_std, np.float32),
             scheduler=scheduler,

@@ -1,14 +1,14 @@
 """The torch runner with its GPU options: a compute dtype, torch.compile, CUDA graphs.
 
-Same interface as `runners.TorchRunner` (`run(named numpy arrays) -> named numpy arrays`).
+Same interface as `runners.TorchRunner` (`run(named tensors) -> named tensors`, on `device`).
 On CPU it runs without graphs (compile still optional), so the whole path is tested without
 a GPU; on CUDA one graph is captured per input-shape bucket and replayed.
 """
 
-import numpy as np
 import torch
 
 from t2vserve.export.wrappers import use_export_attention
+from t2vserve.runners import to_device
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -94,14 +94,12 @@ class CudaTorchRunner:
             # the next replay of this bucket overwrites static_out
             return tuple(o.clone() for o in static_out)
 
-    __call__ = forward  # so vae_chunked.decode_chunked can drive two runners
-
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Named tensors in (moved to `device` if elsewhere), named tensors out on `device`,
+        floating ones in FP32 (cast on the device)."""
         missing = [n for n in self.input_names if n not in inputs]
         if missing:
             raise KeyError(f"missing inputs {missing}; expected {self.input_names}")
-        args = [torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device)
-                for n in self.input_names]
-        out = self.forward(*args)
-        return {n: o.float().cpu().numpy() if o.is_floating_point() else o.cpu().numpy()
+        out = self.forward(*(to_device(inputs[n], self.device) for n in self.input_names))
+        return {n: o.float() if o.is_floating_point() else o
                 for n, o in zip(self.output_names, out)}

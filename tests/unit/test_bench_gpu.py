@@ -27,9 +27,9 @@ def bench():
 
 def _dit_inputs(tokens_hw=(8, 8), frames=5, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"latents": torch.randn(2, 48, frames, *tokens_hw, generator=g).numpy(),
-            "timestep": np.array([999.0, 999.0], np.float32),
-            "prompt_embeds": torch.randn(2, 256, 32, generator=g).numpy()}
+    return {"latents": torch.randn(2, 48, frames, *tokens_hw, generator=g),
+            "timestep": torch.tensor([999.0, 999.0]),
+            "prompt_embeds": torch.randn(2, 256, 32, generator=g)}
 
 
 def test_result_structure_and_files(bench, tmp_path):
@@ -97,36 +97,29 @@ def test_cuda_runner_on_cpu_equals_torch_runner(tiny):
     runner = CudaTorchRunner(DiTExport(tr), *DIT_IO, device="cpu", dtype="fp32")
     use_sdpa_attention(tr)
     out = runner.run(feed)["noise_pred"]
-    assert out.dtype == np.float32
+    assert out.dtype == torch.float32 and out.device == runner.device
+    out, ref = out.numpy(), ref.numpy()
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-6 * np.abs(ref).max())
     # BF16 compute, FP32 in and out: close to the FP32 forward, and a bigger error only
     # from rounding (BF16 keeps 8 bits of mantissa)
     bf = CudaTorchRunner(DiTExport(copy.deepcopy(tiny.transformer)), *DIT_IO, device="cpu",
                          dtype="bf16").run(feed)["noise_pred"]
-    assert bf.dtype == np.float32
+    assert bf.dtype == torch.float32  # cast from BF16 on the device
+    bf = bf.numpy()
     assert np.abs(bf - ref).max() <= 0.05 * np.abs(ref).max()
 
 
-def test_bench_vae_decode_is_the_servers(tiny):
-    from t2vserve.export.vae_chunked import (
-        VaeDecodeFirst, VaeDecodeStep, cache_names, decode_chunked,
-    )
-    from t2vserve.pipeline import decode_chunks
-    from t2vserve.runners import TorchRunner
+def test_cuda_runners_decode_as_the_torch_reference(tiny):
+    from t2vserve.pipeline import decode_chunks, vae_runners
 
-    names = cache_names(VaeDecodeFirst(tiny.vae).num_caches)
-    outs = ["frames"] + [n + "_out" for n in names]
     z = torch.randn(1, 48, 3, 4, 4, generator=torch.Generator().manual_seed(3))
-    served = decode_chunks(TorchRunner(VaeDecodeFirst(tiny.vae), ["latents"], outs),
-                           TorchRunner(VaeDecodeStep(tiny.vae), ["latents"] + names, outs), z.numpy())
+    served = decode_chunks(*vae_runners(tiny.vae), z).numpy()
     vae = copy.deepcopy(tiny.vae)
-    first = CudaTorchRunner(VaeDecodeFirst(vae), ["latents"], outs, device="cpu", dtype="fp32")
-    step = CudaTorchRunner(VaeDecodeStep(vae), ["latents"] + names, outs, device="cpu", dtype="fp32")
-    np.testing.assert_allclose(decode_chunked(first, step, z).numpy(), served, rtol=0, atol=1e-5)
+    cuda_fp32 = vae_runners(vae, CudaTorchRunner, device="cpu", dtype="fp32")
+    np.testing.assert_allclose(decode_chunks(*cuda_fp32, z).numpy(), served, rtol=0, atol=1e-5)
     # BF16: the chunk wrappers' cached dtype follows the cast, else the convs see FP32 input
-    first = CudaTorchRunner(VaeDecodeFirst(vae), ["latents"], outs, device="cpu", dtype="bf16")
-    step = CudaTorchRunner(VaeDecodeStep(vae), ["latents"] + names, outs, device="cpu", dtype="bf16")
-    assert np.abs(decode_chunked(first, step, z).numpy() - served).max() < 0.1
+    cuda_bf16 = vae_runners(vae, CudaTorchRunner, device="cpu", dtype="bf16")
+    assert np.abs(decode_chunks(*cuda_bf16, z).numpy() - served).max() < 0.1
 
 
 def test_errors():
@@ -178,10 +171,10 @@ def test_cuda_graph_replay_equals_eager(tiny):
     # two buckets, alternating, each replayed with fresh inputs
     for seed, hw in enumerate([(8, 8), (8, 12), (8, 8), (8, 12)]):
         feed = _dit_inputs(hw, seed=seed)
-        ref = eager.run(feed)["noise_pred"]
+        ref = eager.run(feed)["noise_pred"].cpu().numpy()
         # cuBLAS may pick other kernels under capture; a stale or wrong bucket would be off
         # by the output's own size, not by BF16 rounding
-        np.testing.assert_allclose(graphed.run(feed)["noise_pred"], ref, rtol=0,
+        np.testing.assert_allclose(graphed.run(feed)["noise_pred"].cpu().numpy(), ref, rtol=0,
                                    atol=1e-2 * np.abs(ref).max())
     assert len(graphed._graphs) == 2
 

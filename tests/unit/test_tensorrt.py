@@ -22,7 +22,8 @@ from t2vserve.export.tensorrt_engine import (
     compare_with_onnxruntime,
 )
 from t2vserve.export.trt_profiles import COMPONENT, GRAPHS, optimisation_profiles
-from t2vserve.export.vae_chunked import VaeDecodeFirst, VaeDecodeStep, cache_shapes, decode_chunked
+from t2vserve.export.vae_chunked import cache_shapes
+from t2vserve.pipeline import decode_chunks, vae_runners
 from t2vserve.profile import Profile, load_profile
 from t2vserve.runners import OnnxRuntimeRunner
 
@@ -101,7 +102,9 @@ def test_runner_interface_matches_the_onnx_runner(built, tiny, tiny_artifacts):
     trt_runner = TensorRTRunner(plans / "dit.plan", list(DIT.inputs), list(DIT.outputs))
     ort_runner = OnnxRuntimeRunner(tiny_artifacts / "dit.onnx")
     assert trt_runner.input_names == ort_runner.input_names
-    got, want = trt_runner.run(feed)["noise_pred"], ort_runner.run(feed)["noise_pred"]
+    got = trt_runner.run(feed)["noise_pred"]
+    assert got.is_cuda  # device tensors out; the host copy is the caller's
+    got, want = got.cpu().numpy(), ort_runner.run(feed)["noise_pred"].numpy()
     assert got.dtype == np.float32 and got.shape == want.shape
     np.testing.assert_allclose(got, want, *TOLERANCES[("dit", "fp16")])
 
@@ -118,12 +121,11 @@ def test_a_shape_outside_the_profile_is_refused(built, tiny):
 
 def test_vae_engines_decode_with_caches_on_the_gpu(built, tiny):
     plans, _ = built
-    first = Engine(plans / "vae_decode_first.plan").load()
-    step = Engine(plans / "vae_decode_step.plan").load()
+    first = TensorRTRunner(plans / "vae_decode_first.plan")
+    step = TensorRTRunner(plans / "vae_decode_step.plan")
     z = torch.randn(1, 48, 3, 6, 10, generator=torch.Generator().manual_seed(2))
-    frames = decode_chunked(first, step, z.cuda())
+    frames = decode_chunks(first, step, z.cuda())  # the served loop
     assert frames.is_cuda and frames.shape == (1, 3, 9, 96, 160)
-    with torch.no_grad():
-        want = decode_chunked(VaeDecodeFirst(tiny.vae), VaeDecodeStep(tiny.vae), z)
+    want = decode_chunks(*vae_runners(tiny.vae), z)
     rtol, atol = TOLERANCES[("vae_decoder", "fp16")]
     np.testing.assert_allclose(frames.float().cpu().numpy(), want.numpy(), rtol=rtol, atol=atol)
