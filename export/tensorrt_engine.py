@@ -6,6 +6,18 @@ TensorRT 11 removed these flags (strong typing only), so a reduced-precision bui
 run there. `tensorrt` and `polygraphy` are imported inside functions: this module imports on
 machines without them. Device buffers are torch CUDA tensors (no pycuda).
 
+The graphs parsed are always an FP32 export (`build_input_dir`; `check_build_input` refuses
+anything else). The FP16 export writes the DiT's attention as MatMul -> Cast(FP32) -> Softmax
+-> Cast -> MatMul (an FP32 island, for ONNX Runtime): in TensorRT those casts pin the softmax
+and break the fused attention kernel, so the L x L scores would be materialised. In the FP32
+graph the softmax sits straight between the two MatMuls and the builder fuses it.
+
+`--compare` (`compare_all`) runs each plan against ONNX Runtime on that FP32 graph at the
+smallest request the profile admits (`compare_shapes`; a CPU runs it, unlike the 27,280-token
+opt shape of the 720p DiT), fed with what the server feeds (`compare_feeds`): tokenised real
+prompts, the text encoder graph's own embeddings of them, de-normalised latents and the VAE
+caches its first-frame graph returns.
+
 What is pinned to FP32 in a reduced-precision build, and why (`pin_fp32_layers`):
 - normalisation and reduction layers (LayerNorm; the mean of RMSNorm, the sum of the VAE's
   L2 norm): FP16 sums of squares overflow once |x| passes ~256;
@@ -32,7 +44,8 @@ from pathlib import Path
 import numpy as np
 
 from t2vserve.export.trt_profiles import COMPONENT, GRAPHS, check_request_fits, limit_corners, \
-    optimisation_profiles
+    optimisation_profiles, request_shapes
+from t2vserve.text_corpus import BRIEF_PROMPTS, WAN_DEFAULT_NEGATIVE_PROMPT
 
 # Allowed precision per component. umT5 activations overflow FP16 (why T5 models run in BF16
 # or FP32); the DiT runs FP16 or BF16 with the pins below; the VAE FP16 or FP32.
@@ -54,6 +67,8 @@ FP32_INPUTS = {"dit": ("timestep",)}
 # fusion and materialises the L x L scores: 2 x 24 x 27k^2 floats = 143 GB for a 720p DiT call.
 FUSED_ATTENTION = ("dit",)
 DEFAULT_WORKSPACE_GB = 16.0
+# `--compare` feeds a real CFG pair: a product prompt and the default negative prompt
+COMPARE_PROMPTS = (BRIEF_PROMPTS[1], WAN_DEFAULT_NEGATIVE_PROMPT)
 
 Shapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 
@@ -79,7 +94,7 @@ class ArtifactPaths:
     @classmethod
     def for_profile(cls, profile) -> "ArtifactPaths":
         plans = profile.artifacts / "tensorrt"
-        return cls(profile.artifacts, plans, plans / "timing.cache")
+        return cls(build_input_dir(profile.artifacts), plans, plans / "timing.cache")
 
     @classmethod
     def of(cls, onnx_dir, plans_dir) -> "ArtifactPaths":
@@ -94,6 +109,88 @@ class ArtifactPaths:
     @property
     def engines_json(self) -> Path:
         return self.plans_dir / "engines.json"
+
+
+def _precisions(onnx_dir: Path) -> dict:
+    return json.loads((Path(onnx_dir) / "manifest.json").read_text()).get("precision", {})
+
+
+def build_input_dir(artifacts: str | Path) -> Path:
+    """Where the graphs TensorRT parses live: the served export if it is FP32, else an FP32
+    export of the same weights next to the plans (`t2vserve export --format tensorrt` writes
+    it). The profile's precisions are the builder's, never the graphs'."""
+    artifacts = Path(artifacts)
+    if (artifacts / "manifest.json").exists() and \
+            all(v == "float32" for v in _precisions(artifacts).values()):
+        return artifacts
+    return artifacts / "tensorrt" / "onnx-fp32"
+
+
+def explicit_fp32_softmax(onnx_path: str | Path) -> list[str]:
+    """Softmax nodes written as an FP32 island between two MatMuls: the input is a
+    Cast-to-float of a MatMul's output (scaling ops between allowed) and the output reaches a
+    MatMul. TensorRT cannot fuse such an attention (see the module docstring)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    passthrough = {"Cast", "Mul", "Div", "Add", "Sub", "Where"}
+
+    def cast_of_matmul(name: str) -> bool:
+        cast = False
+        for _ in range(8):
+            node = producer.get(name)
+            if node is None:
+                return False
+            if node.op_type == "MatMul":
+                return cast
+            if node.op_type not in passthrough:
+                return False
+            if node.op_type == "Cast":
+                to = next((a.i for a in node.attribute if a.name == "to"), None)
+                cast = cast or to == onnx.TensorProto.FLOAT
+            name = node.input[0]
+        return False
+
+    def reaches_matmul(name: str) -> bool:
+        for _ in range(8):
+            nexts = consumers.get(name, [])
+            if any(n.op_type == "MatMul" for n in nexts):
+                return True
+            nexts = [n for n in nexts if n.op_type in passthrough]
+            if len(nexts) != 1:
+                return False
+            name = nexts[0].output[0]
+        return False
+
+    return [n.name or n.output[0] for n in graph.node if n.op_type == "Softmax"
+            and cast_of_matmul(n.input[0]) and reaches_matmul(n.output[0])]
+
+
+def check_build_input(onnx_dir: str | Path) -> dict:
+    """The manifest of onnx_dir if its graphs are what TensorRT should parse (an FP32 export,
+    no FP32 softmax island); ValueError naming what is wrong otherwise."""
+    onnx_dir = Path(onnx_dir)
+    manifest_path = onnx_dir / "manifest.json"
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"{manifest_path} not found: run `t2vserve export` first")
+    manifest = json.loads(manifest_path.read_text())
+    reduced = {k: v for k, v in manifest.get("precision", {}).items() if v != "float32"}
+    if reduced:
+        raise ValueError(f"{onnx_dir} is a reduced-precision export ({reduced}); TensorRT "
+                         "builds from the FP32 export (precision comes from the builder): "
+                         "`t2vserve export --precision fp32`")
+    for graph in GRAPHS:
+        islands = explicit_fp32_softmax(onnx_dir / f"{graph}.onnx")
+        if islands:
+            raise ValueError(f"{onnx_dir / graph}.onnx has {len(islands)} FP32 softmax "
+                             f"islands between MatMuls ({islands[0]}, ...); TensorRT cannot "
+                             "fuse that attention")
+    return manifest
 
 
 def _trt():
@@ -333,25 +430,28 @@ class TensorRTRunner:
             if sorted(given) != sorted(actual):
                 raise ValueError(f"{plan_path}: {what} are {actual}, not {given}")
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, inputs: dict) -> dict:
+        """Named torch tensors in, named CUDA tensors out (FP32 for floating outputs, cast on
+        the device). Inputs elsewhere are moved to the engine's device; `Engine.infer` binds
+        the tensors' device pointers, so nothing crosses to the host."""
+        from t2vserve.runners import device_of, to_device
+
         torch = self.engine._torch
         missing = [n for n in self.input_names if n not in inputs]
         if missing:
             raise KeyError(f"missing inputs {missing}; expected {self.input_names}")
-        feed = {n: torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in self.input_names}
-        out = self.engine.infer(feed)
+        device = device_of(self)
+        out = self.engine.infer({n: to_device(inputs[n], device) for n in self.input_names},
+                                device=device)
         return {n: (out[n].float() if out[n].dtype in (torch.float16, torch.bfloat16)
-                    else out[n]).cpu().numpy() for n in self.output_names}
+                    else out[n]) for n in self.output_names}
 
 
 def build_engines(profile, onnx_dir: str | Path, out_dir: str | Path, *, log=print,
                   workspace_gb: float = DEFAULT_WORKSPACE_GB) -> dict:
     """One plan per graph into out_dir, a shared timing cache, and engines.json (returned)."""
     paths = ArtifactPaths.of(onnx_dir, out_dir)
-    manifest_path = paths.onnx_dir / "manifest.json"
-    if not manifest_path.exists():
-        raise FileNotFoundError(f"{manifest_path} not found: run `t2vserve export` first")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = check_build_input(paths.onnx_dir)
     specs = engine_specs(profile, manifest, paths)
     for w, h, f in limit_corners(profile):  # every size validation accepts must fit
         check_request_fits(profile, w, h, f, manifest)
@@ -360,9 +460,6 @@ def build_engines(profile, onnx_dir: str | Path, out_dir: str | Path, *, log=pri
 
     if not torch.cuda.is_available():
         raise RuntimeError("building TensorRT engines needs a CUDA device; torch sees none")
-    if any(v != "float32" for v in manifest.get("precision", {}).values()):
-        log(f"  note: the ONNX export is {manifest['precision']}; TensorRT's precision flags "
-            "and the FP32 pins decide layer precision, the export's types only the I/O")
     graphs = {}
     for spec in specs:
         log(f"  building {spec.graph} ({spec.precision}) ...")
@@ -425,34 +522,85 @@ def compare_with_onnxruntime(onnx_path, plan_path, feed: dict[str, np.ndarray],
     return compare_runners(runners, feed, rtol, atol)
 
 
-def sample_feed(spec: EngineSpec, seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs at the spec's opt shapes: token ids for the encoder, N(0,1) elsewhere."""
+def compare_shapes(profile, manifest_or_preset=None) -> dict[str, dict[str, tuple]]:
+    """The shapes `--compare` runs: the smallest request the profile admits, the text encoder
+    and DiT at the CFG batch of 2 (each clamped into the engine's batch range). Small enough
+    for ONNX Runtime on a CPU, unlike the DiT's opt shape (27,280 tokens at 720p)."""
+    w, h, f = min(limit_corners(profile), key=lambda c: c[0] * c[1] * c[2])
+    shapes = request_shapes(profile, w, h, f, manifest_or_preset)
+    spans = optimisation_profiles(profile, manifest_or_preset)
+    for graph, inputs in shapes.items():
+        lo, _, hi = next(iter(spans[graph].values()))
+        batch = min(max(2 if graph in ("text_encoder", "dit") else 1, lo[0]), hi[0])
+        shapes[graph] = {n: (batch, *s[1:]) for n, s in inputs.items()}
+    return shapes
+
+
+def compare_feeds(onnx_dir: str | Path, shapes: dict, prompts=COMPARE_PROMPTS,
+                  seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """Inputs as the server makes them, per graph: the prompts tokenised by the export's
+    tokenizer; for the DiT, the text encoder graph's embeddings of them (ONNX Runtime, FP32),
+    N(0,1) latents and real timesteps; for the VAE, de-normalised latents, and for its step
+    graph the caches its first-frame graph returns."""
+    import onnxruntime as ort
+
+    from t2vserve.pipeline import tokenize
+    from t2vserve.tokenizer import load_tokenizer
+
+    onnx_dir = Path(onnx_dir)
+    manifest = json.loads((onnx_dir / "manifest.json").read_text())
+    tokenizer = load_tokenizer(onnx_dir / "tokenizer")
     rng = np.random.default_rng(seed)
-    feed = {}
-    for name, (_, opt, _) in spec.shapes.items():
-        if name == "input_ids":
-            feed[name] = rng.integers(3, 1000, opt).astype(np.int64)
-        elif name == "attention_mask":
-            feed[name] = np.ones(opt, np.int64)
-        elif name == "timestep":
-            feed[name] = rng.uniform(1.0, 999.0, opt).astype(np.float32)
-        else:
-            feed[name] = rng.standard_normal(opt).astype(np.float32)
-    return feed
+
+    def session(graph):
+        return ort.InferenceSession(str(onnx_dir / f"{graph}.onnx"),
+                                    providers=["CPUExecutionProvider"])
+
+    def tokens(batch, text_len):
+        return tokenize(tokenizer, [prompts[i % len(prompts)] for i in range(batch)], text_len)
+
+    encoder = session("text_encoder")
+    feeds = {"text_encoder": tokens(*shapes["text_encoder"]["input_ids"])}
+    batch, text_len, _ = shapes["dit"]["prompt_embeds"]
+    embeds = encoder.run(["prompt_embeds"], tokens(batch, text_len))[0]
+    del encoder
+    feeds["dit"] = {"latents": rng.standard_normal(shapes["dit"]["latents"]).astype(np.float32),
+                    "timestep": rng.uniform(1.0, 999.0, (batch,)).astype(np.float32),
+                    "prompt_embeds": embeds}
+
+    def latents(shape):  # WanPipeline's de-normalisation: x * std + mean, per channel
+        mean, std = (np.asarray(manifest[k], np.float32).reshape(1, -1, 1, 1, 1)
+                     for k in ("latents_mean", "latents_std"))
+        return (rng.standard_normal(shape).astype(np.float32) * std + mean).astype(np.float32)
+
+    feeds["vae_decode_first"] = {"latents": latents(shapes["vae_decode_first"]["latents"])}
+    first = session("vae_decode_first")
+    outs = first.run(None, feeds["vae_decode_first"])
+    caches = {o.name.removesuffix("_out"): v for o, v in zip(first.get_outputs(), outs)
+              if o.name != "frames"}
+    feeds["vae_decode_step"] = {"latents": latents(shapes["vae_decode_step"]["latents"]),
+                                **{n: caches[n] for n in shapes["vae_decode_step"]
+                                   if n != "latents"}}
+    return feeds
 
 
-def compare_all(profile, *, log=print) -> dict[str, Comparison]:
-    """Every built plan of the profile against ONNX Runtime, with TOLERANCES (one command:
+def compare_all(profile, *, log=print, prompts=COMPARE_PROMPTS) -> dict[str, Comparison]:
+    """Every built plan of the profile against ONNX Runtime on the FP32 graph it was built
+    from, with TOLERANCES, at compare_shapes on compare_feeds (one command:
     `t2vserve export --format tensorrt --profile P --compare`)."""
     paths = ArtifactPaths.for_profile(profile)
-    manifest = json.loads((paths.onnx_dir / "manifest.json").read_text())
+    manifest = check_build_input(paths.onnx_dir)
+    shapes = compare_shapes(profile, manifest)
+    feeds = compare_feeds(paths.onnx_dir, shapes, prompts)
     out = {}
     for spec in engine_specs(profile, manifest, paths):
         rtol, atol = TOLERANCES[(COMPONENT[spec.graph], spec.precision)]
-        result = compare_with_onnxruntime(spec.onnx_path, spec.plan_path, sample_feed(spec),
+        result = compare_with_onnxruntime(spec.onnx_path, spec.plan_path, feeds[spec.graph],
                                           rtol, atol)
         out[spec.graph] = result
-        log(f"  {spec.graph:<18}{spec.precision:<6} rtol {rtol:g} atol {atol:g}: "
+        where = ", ".join(f"{n} {list(v.shape)}" for n, v in feeds[spec.graph].items()
+                          if not n.startswith("cache_"))
+        log(f"  {spec.graph:<18}{spec.precision:<6} rtol {rtol:g} atol {atol:g} at {where}: "
             f"{'PASS' if result.passed else 'FAIL'}  max_abs "
             + ", ".join(f"{k} {v:.3e}" for k, v in result.max_abs.items()))
     return out

@@ -1,5 +1,8 @@
 """`t2vserve export`: the written graphs, their manifest, and ONNX Runtime parity with torch."""
 
+import argparse
+import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -8,7 +11,8 @@ import pytest
 from onnx import helper
 
 from t2vserve.export.onnx_export import check_dynamic, export_preset, weight_hash
-from t2vserve.export.parity import check_components, check_pipeline
+from t2vserve.cli import _check
+from t2vserve.export.parity import GATES, check_components, check_pipeline, misses
 from t2vserve.schema import GenerationRequest
 from t2vserve.tokenizer import load_tokenizer
 
@@ -75,9 +79,9 @@ def _float_type_of_inputs(model, op_type):
     return nodes, {types.get(n.input[0]) for n in nodes}
 
 
-def test_fp16_export_keeps_fp32_islands_and_runs(tiny, tmp_path):
-    out = tmp_path / "fp16"
-    manifest = export_preset(tiny, out, precision="fp16")
+def test_fp16_export_keeps_fp32_islands_and_runs(tiny, fp16_artifacts):
+    out = fp16_artifacts
+    manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["precision"] == {"text_encoder": "float32", "dit": "float16", "vae": "float16"}
     dit = onnx.load(str(out / "dit.onnx"))
     weights = {i.data_type for i in dit.graph.initializer if len(i.dims) == 2}
@@ -90,3 +94,42 @@ def test_fp16_export_keeps_fp32_islands_and_runs(tiny, tmp_path):
     assert report["text_encoder"]["rel"] <= 1e-4  # stays FP32
     assert report["dit"]["rel"] < 2e-2 and report["vae_decoder"]["max_abs"] < 5e-2, report
     assert np.isfinite([e["max_abs"] for e in report.values()]).all()
+
+
+def _check_args(report):
+    return argparse.Namespace(precision="fp16", seed=0, check_steps=4, report=str(report),
+                              check_prompt="a red cup rotating slowly on a wooden table")
+
+
+def test_fp16_check_passes_its_stated_gate_and_fails_a_tighter_one(tiny, fp16_artifacts,
+                                                                   tmp_path, capsys):
+    report = tmp_path / "check.json"
+    assert _check(tiny, fp16_artifacts, _check_args(report)) == 0
+    result = json.loads(report.read_text())["fp16"]
+    assert misses(result, GATES["fp16"]) == []
+    # the same graphs against a DiT ceiling below what FP16 measures: exit 1, naming it
+    measured = result["components"]["dit"]["rel"]
+    assert measured > 0  # FP16 really differs from torch FP32, so the gate can bite
+    tight = dict(GATES, fp16=dataclasses.replace(
+        GATES["fp16"], rel={**GATES["fp16"].rel, "dit": measured / 10}))
+    capsys.readouterr()
+    assert _check(tiny, fp16_artifacts, _check_args(report), gates=tight) == 1
+    err = capsys.readouterr().err
+    assert "FAILED fp16: dit relative error" in err and "vae_decoder" not in err, err
+
+
+def test_gate_misses_name_each_figure_and_treat_nan_as_a_miss():
+    gate = GATES["fp16"]
+    ok = {"components": {"text_encoder": {"rel": 1e-7, "max_abs": 1e-6},
+                         "dit": {"rel": 1e-3, "max_abs": 1e-2},
+                         "vae_decoder": {"rel": 1e-3, "max_abs": 1e-3}},
+          "pipeline": {"psnr_db": 60.0}}
+    assert misses(ok, gate) == []
+    bad = copy.deepcopy(ok)
+    bad["components"]["vae_decoder"]["max_abs"] = 0.1
+    bad["components"]["dit"]["rel"] = float("nan")
+    bad["pipeline"]["psnr_db"] = gate.psnr_db - 1
+    assert [m.split()[0:2] for m in misses(bad, gate)] == [
+        ["dit", "relative"], ["vae_decoder", "max"], ["pipeline", "PSNR"]]
+    assert misses(ok, GATES["fp32"]) == ["dit relative error 1.000e-03 > 0.0001",
+                                          "vae_decoder relative error 1.000e-03 > 0.0001"]
