@@ -10,9 +10,9 @@ import time
 import numpy as np
 
 from t2vserve.media import QC_NAMES, encode_mp4, qc_metrics
-from t2vserve.pipeline import clean_prompt, decode_latents, to_uint8, tokenize
+from t2vserve.pipeline import clean_prompt, decode_frames, tokenize
 from t2vserve.profile import Profile
-from t2vserve.runners import OnnxRuntimeRunner, Runner
+from t2vserve.runners import OnnxRuntimeRunner, Runner, device_of, to_device, to_host
 from t2vserve.schema import GenerationRequest, RequestValidationError
 
 INT_FIELDS = ("width", "height", "num_frames", "fps", "steps")
@@ -29,68 +29,141 @@ def load_manifest(profile: Profile) -> dict:
 RUNTIMES = ("onnxruntime", "torch", "tensorrt")
 
 
-def make_runner(profile: Profile, component: str, graph: str, threads: int = 0) -> Runner:
-    """The runner the profile asks for, for one graph of one component."""
-    runtime = profile.data["components"][component]["runtime"]
-    if runtime == "onnxruntime":
-        return OnnxRuntimeRunner(profile.artifacts / f"{graph}.onnx", intra_op_threads=threads)
-    if runtime == "torch":
-        return _torch_runners(profile, threads)[graph]
-    if runtime == "tensorrt":
-        # plans from `t2vserve export --format tensorrt --profile P`; input/output names are
-        # read from the plan, so they match the ONNX graph it was built from
-        from t2vserve.export.tensorrt_engine import ArtifactPaths, TensorRTRunner
+def instance_device(args: dict) -> str:
+    """The device Triton gave this model instance, from the Python backend's `initialize`
+    args: "cuda:<id>" for a KIND_GPU instance (the profile's components.<c>.gpus render
+    one), "cpu" otherwise."""
+    if args.get("model_instance_kind") == "GPU":
+        return f"cuda:{int(args['model_instance_device_id'])}"
+    return "cpu"
 
-        plan = ArtifactPaths.for_profile(profile).plan(graph)
-        if not plan.exists():
-            raise FileNotFoundError(f"{plan} not found: run `t2vserve export --format tensorrt "
-                                    f"--profile {profile.path}`")
-        return TensorRTRunner(plan)
-    raise ValueError(f"components.{component}.runtime {runtime!r} is not available in this "
-                     f"build; supported: {', '.join(RUNTIMES)}")
+
+def _use_device(device: str) -> None:
+    # One Triton stub process per instance: make the instance's GPU the process's current
+    # one, so whatever still says plain "cuda" (TensorRT's stream, its output buffers) is it.
+    if device.startswith("cuda"):
+        import torch
+
+        index = torch.device(device).index or 0
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise ValueError(f"this instance is placed on {device} (components.<c>.gpus), but "
+                             f"torch sees {torch.cuda.device_count()} CUDA device(s)")
+        torch.cuda.set_device(index)
+
+
+def onnxruntime_providers(device: str) -> list | None:
+    """ONNX Runtime's providers for a device: the CUDA EP on the instance's GPU (CPU for the
+    nodes it lacks), or None for the CPU default."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return [("CUDAExecutionProvider", {"device_id": torch.device(device).index or 0}),
+            "CPUExecutionProvider"]
+
+
+def make_runner(profile: Profile, component: str, graph: str, threads: int = 0,
+                device: str = "cpu") -> Runner:
+    """The runner the profile asks for, for one graph of one component, on `device` (the
+    instance's, `instance_device`)."""
+    spec = profile.data["components"][component]
+    if "device" in spec:
+        raise ValueError(f"components.{component}.device is no longer read: Triton places "
+                         f"instances; say components.{component}.gpus: [0] for GPU 0")
+    runtime = spec["runtime"]
+    if runtime not in RUNTIMES:
+        raise ValueError(f"components.{component}.runtime {runtime!r} is not available in "
+                         f"this build; supported: {', '.join(RUNTIMES)}")
+    _use_device(device)
+    if runtime == "onnxruntime":
+        return OnnxRuntimeRunner(profile.artifacts / f"{graph}.onnx",
+                                 providers=onnxruntime_providers(device),
+                                 intra_op_threads=threads)
+    if runtime == "torch":
+        return _torch_runners(profile, component, threads, device)[graph]
+    # tensorrt: plans from `t2vserve export --format tensorrt --profile P`; input/output
+    # names are read from the plan, so they match the ONNX graph it was built from
+    import torch
+
+    from t2vserve.export.tensorrt_engine import ArtifactPaths, TensorRTRunner
+
+    plan = ArtifactPaths.for_profile(profile).plan(graph)
+    if not plan.exists():
+        raise FileNotFoundError(f"{plan} not found: run `t2vserve export --format tensorrt "
+                                f"--profile {profile.path}`")
+    runner = TensorRTRunner(plan)  # deserialised on the current device (_use_device)
+    runner.device = torch.device(device if device.startswith("cuda") else "cuda")
+    return runner
 
 
 _TORCH = {}
+# the preset network each component is (presets.build_component)
+NETWORK = {"text_encoder": "text_encoder", "dit": "transformer", "vae_decoder": "vae"}
 
 
-def _torch_runners(profile: Profile, threads: int) -> dict:
-    """Eager torch over the export wrappers (the same forward the graphs were exported from)."""
-    key = str(profile.path)
+def _torch_runners(profile: Profile, component: str, threads: int = 0,
+                   device: str = "cpu") -> dict:
+    """Eager torch over the export wrappers (the same forward the graphs were exported from),
+    for one component's graphs: the process builds its own network and no other, in the
+    component's precision on its device (FP32 on CPU, as the exported graphs)."""
+    key = (str(profile.path), component, device)
     if key not in _TORCH:
         import torch
 
-        from t2vserve.pipeline import Pipeline
-        from t2vserve.presets import build_components
+        from t2vserve.presets import build_component
+        from t2vserve.torch_cuda import DTYPES
 
         if threads:
             torch.set_num_threads(threads)
+        precision = profile.data["components"][component].get("precision", "bf16")
+        if precision not in DTYPES:
+            raise ValueError(f"components.{component}.precision must be one of "
+                             f"{list(DTYPES)}, got {precision!r}")
+        dtype = torch.float32 if device == "cpu" else DTYPES[precision]
         model = profile.data["model"]
-        comps = build_components(model["preset"], checkpoint=profile.resolve(model.get("checkpoint")))
-        pipe = Pipeline.from_components(comps)
-        runners = {"text_encoder": pipe.text_encoder, "dit": pipe.dit,
-                   "vae_decode_first": pipe.vae_decode_first,
-                   "vae_decode_step": pipe.vae_decode_step}
-        _TORCH[key] = {g: _on_device(profile, g, r) for g, r in runners.items()}
+        module = build_component(model["preset"], NETWORK[component], device=device,
+                                 dtype=dtype, checkpoint=profile.resolve(model.get("checkpoint")))
+        _TORCH[key] = {g: _on_device(profile, g, r, device)
+                       for g, r in torch_graph_runners(component, module).items()}
     return _TORCH[key]
+
+
+def torch_graph_runners(component: str, module) -> dict:
+    """graph name -> TorchRunner over its export wrapper, for one component's network."""
+    from t2vserve.export.vae_chunked import VaeDecodeFirst, VaeDecodeStep
+    from t2vserve.export.wrappers import DiTExport, TextEncoderExport
+    from t2vserve.runners import TorchRunner
+
+    if component == "text_encoder":
+        return {"text_encoder": TorchRunner(TextEncoderExport(module),
+                                            ["input_ids", "attention_mask"], ["prompt_embeds"])}
+    if component == "dit":
+        return {"dit": TorchRunner(DiTExport(module), ["latents", "timestep", "prompt_embeds"],
+                                   ["noise_pred"])}
+    first, step = VaeDecodeFirst(module), VaeDecodeStep(module)
+    caches = [f"cache_{i}" for i in range(first.num_caches)]
+    outputs = ["frames"] + [c + "_out" for c in caches]
+    return {"vae_decode_first": TorchRunner(first, ["latents"], outputs),
+            "vae_decode_step": TorchRunner(step, ["latents"] + caches, outputs)}
 
 
 _COMPONENT = {"text_encoder": "text_encoder", "dit": "dit", "vae_decode_first": "vae_decoder",
               "vae_decode_step": "vae_decoder"}
 
 
-def _on_device(profile: Profile, graph: str, runner):
-    """components.<c>.device: cuda -> the same wrapper on the GPU in the component's precision
+def _on_device(profile: Profile, graph: str, runner, device: str = "cpu"):
+    """A CUDA device -> the same wrapper on that GPU in the component's precision
     (bf16/fp16/fp32), SDPA attention, optional torch.compile and CUDA graphs per shape."""
-    spec = profile.data["components"][_COMPONENT[graph]]
-    if spec.get("device", "cpu") == "cpu":
+    if device == "cpu":
         return runner
+    spec = profile.data["components"][_COMPONENT[graph]]
     from t2vserve.torch_cuda import CudaTorchRunner, use_sdpa_attention
 
     if graph == "dit":
         # the export processor materialises L x L scores in half precision: 143 GB at 720p
         use_sdpa_attention(runner.module.transformer)
     return CudaTorchRunner(runner.module, runner.input_names, runner.output_names,
-                           device=spec["device"], dtype=spec.get("precision", "bf16"),
+                           device=device, dtype=spec.get("precision", "bf16"),
                            compile=bool(spec.get("compile", False)),
                            cuda_graphs=bool(spec.get("cuda_graphs", False)))
 
@@ -146,37 +219,37 @@ def parse_request(values: dict, profile: Profile, tokenizer=None) -> GenerationR
 class TextStage:
     """Prompt pairs -> (N, 2, L, D) embeddings [conditional, unconditional]."""
 
-    def __init__(self, profile: Profile, threads: int = 0):
+    def __init__(self, profile: Profile, threads: int = 0, device: str = "cpu"):
         from t2vserve.tokenizer import load_tokenizer
 
         # pad to the preset's context, as the reference pipeline does (same embeddings)
         self.text_len = load_manifest(profile)["text_len"]
         self.tokenizer = load_tokenizer(profile.artifacts / "tokenizer")
-        self.runner = make_runner(profile, "text_encoder", "text_encoder", threads)
+        self.runner = make_runner(profile, "text_encoder", "text_encoder", threads, device)
 
     def encode(self, pairs: list[tuple[str, str]]) -> np.ndarray:
         texts = [t for pair in pairs for t in pair]
-        out = self.runner.run(tokenize(self.tokenizer, texts, self.text_len))
-        embeds = out["prompt_embeds"]
+        tokens = tokenize(self.tokenizer, texts, self.text_len)
+        device = device_of(self.runner)
+        out = self.runner.run({k: to_device(v, device) for k, v in tokens.items()})
+        embeds = to_host(out["prompt_embeds"])  # the edge: a Triton CPU tensor
         return embeds.reshape(len(pairs), 2, *embeds.shape[1:])
 
 
 class VaeStage:
     """Normalised latents (B, C, T, h, w) -> uint8 frames (B, F, H, W, 3)."""
 
-    def __init__(self, profile: Profile, threads: int = 0):
+    def __init__(self, profile: Profile, threads: int = 0, device: str = "cpu"):
         manifest = load_manifest(profile)
-        self.first = make_runner(profile, "vae_decoder", "vae_decode_first", threads)
-        self.step = make_runner(profile, "vae_decoder", "vae_decode_step", threads)
+        self.first = make_runner(profile, "vae_decoder", "vae_decode_first", threads, device)
+        self.step = make_runner(profile, "vae_decoder", "vae_decode_step", threads, device)
         self.mean = np.asarray(manifest["latents_mean"], np.float32)
         self.std = np.asarray(manifest["latents_std"], np.float32)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
-        # One sample per call: ONNX Runtime's convolutions round differently with the batch
-        # size (measured: 3e-6), and a clip must not depend on who shared its batch.
-        return np.concatenate([
-            to_uint8(decode_latents(self.first, self.step, latents[i:i + 1], self.mean, self.std))
-            for i in range(len(latents))])
+        # The one decode loop (pipeline.decode_frames): caches stay on the runners' device,
+        # only the uint8 frames come back to the host for the Triton output tensor.
+        return to_host(decode_frames(self.first, self.step, latents, self.mean, self.std))
 
 
 def model_id(manifest: dict) -> str:

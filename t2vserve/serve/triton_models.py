@@ -10,11 +10,13 @@ import uuid
 from collections import defaultdict
 
 import numpy as np
+import torch
 import triton_python_backend_utils as pb_utils
 
 from t2vserve.pipeline import denoise_loop, initial_noise, latent_shape
 from t2vserve.presets import get_preset
 from t2vserve.profile import load_profile
+from t2vserve.runners import device_of, to_device, to_host
 from t2vserve.schema import RequestValidationError
 from t2vserve.serve import stages
 
@@ -96,7 +98,7 @@ COMPUTED_FOR = "t2v_request"
 class TextEncoderModel:
     def initialize(self, args):
         _, profile, threads = _setup(args)
-        self.stage = stages.TextStage(profile, threads)
+        self.stage = stages.TextStage(profile, threads, stages.instance_device(args))
 
     def execute(self, requests):
         def inputs_of(r):
@@ -120,15 +122,20 @@ class TextEncoderModel:
 class DitModel:
     def initialize(self, args):
         _, profile, threads = _setup(args)
-        self.runner = stages.make_runner(profile, "dit", "dit", threads)
+        self.runner = stages.make_runner(profile, "dit", "dit", threads,
+                                         stages.instance_device(args))
         self.faults = bool((profile.data.get("faults") or {}).get("enabled"))
 
     def execute(self, requests):
         names = ["latents", "timestep", "prompt_embeds"]
 
         def run(latents, timestep, prompt_embeds):
-            return self.runner.run({"latents": latents, "timestep": timestep.reshape(-1),
-                                    "prompt_embeds": prompt_embeds})
+            # the edges: Triton CPU tensors in, host arrays out for the response tensors
+            feed = {"latents": latents, "timestep": timestep.reshape(-1),
+                    "prompt_embeds": prompt_embeds}
+            device = device_of(self.runner)
+            out = self.runner.run({k: to_device(v, device) for k, v in feed.items()})
+            return {k: to_host(v) for k, v in out.items()}
 
         # requests carrying an injected fault run on their own, like a failing member of a
         # batch would after _batched's retry
@@ -173,6 +180,7 @@ class BlsDit:
     """The `dit` model called through BLS, behind the runner interface the loop uses."""
     input_names = ["latents", "timestep", "prompt_embeds"]
     output_names = ["noise_pred"]
+    device = torch.device("cpu")  # BLS tensors are host tensors here
 
     def __init__(self, fault: str | None = None):
         self.calls = 0
@@ -180,11 +188,13 @@ class BlsDit:
 
     def run(self, inputs):
         self.calls += 1
-        inputs = {**inputs, "timestep": inputs["timestep"].reshape(-1, 1)}
+        inputs = {n: to_host(v) for n, v in inputs.items()}  # the edge: Triton tensors
+        inputs["timestep"] = inputs["timestep"].reshape(-1, 1)
         if self.fault:
             n = inputs["latents"].shape[0]
             inputs["fault"] = np.array([[self.fault.encode()]] * n, dtype=np.object_)
-        return _bls("dit", inputs, ["noise_pred"])
+        out = _bls("dit", inputs, ["noise_pred"])
+        return {n: to_device(v, self.device) for n, v in out.items()}
 
 
 def _fault_for(profile, seed: int) -> str | None:
@@ -274,7 +284,7 @@ class T2VModel:
 class VaeDecoderModel:
     def initialize(self, args):
         _, profile, threads = _setup(args)
-        self.stage = stages.VaeStage(profile, threads)
+        self.stage = stages.VaeStage(profile, threads, stages.instance_device(args))
 
     def execute(self, requests):
         def run(latents):
