@@ -411,18 +411,20 @@ class Engine:
         return outputs
 
     def __call__(self, *args):
-        """Positional in, tuple out, in graph order: so `vae_chunked.decode_chunked(first,
-        step, z)` drives the two VAE engines with the caches staying on the GPU."""
+        """Positional in, tuple out, in graph order (the export wrappers' calling
+        convention)."""
         out = self.infer(dict(zip(self.input_names, args)))
         return tuple(out[n] for n in self.output_names)
 
 
 class TensorRTRunner:
-    """The Runner interface (numpy in, numpy out) over one plan; CUDA inside."""
+    """The Runner interface over one plan: torch tensors in, CUDA tensors out, on `device`
+    (the Triton instance's GPU; the plan is deserialised on the current CUDA device)."""
 
     def __init__(self, plan_path: str | Path, input_names: list[str] | None = None,
-                 output_names: list[str] | None = None):
+                 output_names: list[str] | None = None, device: str = "cuda"):
         self.engine = Engine(plan_path).load()
+        self.device = self.engine._torch.device(device)
         self.input_names = list(input_names or self.engine.input_names)
         self.output_names = list(output_names or self.engine.output_names)
         for given, actual, what in ((self.input_names, self.engine.input_names, "inputs"),

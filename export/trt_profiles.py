@@ -1,6 +1,6 @@
 """TensorRT optimisation profiles (min/opt/max shape per graph input) from a deployment profile.
 
-Pure Python, no TensorRT: the build, the native repository and the unit tests all read these.
+Pure Python, no TensorRT: the engine build, validation and the unit tests all read these.
 Each graph's input shapes are written with named symbols (`batch`, `latent_frames`,
 `2*half_latent_height`, cache axes like `4*latent_height`); a span (min, opt, max) is derived
 per symbol from the profile's limits, defaults and batch sizes, and every input shape is

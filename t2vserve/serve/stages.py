@@ -83,17 +83,14 @@ def make_runner(profile: Profile, component: str, graph: str, threads: int = 0,
         return _torch_runners(profile, component, threads, device)[graph]
     # tensorrt: plans from `t2vserve export --format tensorrt --profile P`; input/output
     # names are read from the plan, so they match the ONNX graph it was built from
-    import torch
-
     from t2vserve.export.tensorrt_engine import ArtifactPaths, TensorRTRunner
 
     plan = ArtifactPaths.for_profile(profile).plan(graph)
     if not plan.exists():
         raise FileNotFoundError(f"{plan} not found: run `t2vserve export --format tensorrt "
                                 f"--profile {profile.path}`")
-    runner = TensorRTRunner(plan)  # deserialised on the current device (_use_device)
-    runner.device = torch.device(device if device.startswith("cuda") else "cuda")
-    return runner
+    # deserialised on the current device (_use_device)
+    return TensorRTRunner(plan, device=device if device.startswith("cuda") else "cuda")
 
 
 _TORCH = {}

@@ -22,7 +22,7 @@ def _profile(tmp_path, **server):
 def test_shm_requirement_follows_the_limits(tmp_path):
     need, why = shm_requirement(load_profile(_profile(tmp_path)))
     frames = 832 * 832 * 121 * 3
-    assert need >= frames * 3 * 8  # three stub hops, eight t2v instances
+    assert need >= frames * 3 * 8  # frames cross at least three stub hops, eight t2v instances
     assert "832x832x121" in why
 
 
