@@ -24,7 +24,7 @@ def _export_tensorrt(args) -> int:
     paths = ArtifactPaths.for_profile(profile)
     print(f"building TensorRT engines for {profile.name} from {paths.onnx_dir} into "
           f"{paths.plans_dir}", flush=True)
-    from t2vserve.export.tensorrt_engine import compare_all
+    from t2vserve.export.tensorrt_compare import compare_all
 
     try:
         if not args.compare_only:

@@ -14,14 +14,12 @@ import onnxruntime as ort
 import pytest
 
 from t2vserve.cli import _ensure_artifacts
+from t2vserve.export.tensorrt_compare import COMPARE_PROMPTS, compare_feeds, compare_shapes
 from t2vserve.export.tensorrt_engine import (
-    COMPARE_PROMPTS,
     ArtifactPaths,
     build_engines,
     build_input_dir,
     check_build_input,
-    compare_feeds,
-    compare_shapes,
     explicit_fp32_softmax,
 )
 from t2vserve.export.trt_profiles import GRAPHS, optimisation_profiles

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from t2vserve.export.tensorrt_engine import ArtifactPaths, compare_runners, engine_specs
+from t2vserve.export.tensorrt_compare import compare_runners
+from t2vserve.export.tensorrt_engine import ArtifactPaths, engine_specs
 from t2vserve.export.trt_profiles import (
     GRAPHS,
     evaluate,
