@@ -24,13 +24,13 @@ import uuid
 import numpy as np
 from aiohttp import web
 
-from t2vserve.client.core import INT32_INPUTS, AsyncT2VClient, T2VError, frames_for
+from t2vserve.client.core import INT32, INT32_INPUTS, INT64, AsyncT2VClient, T2VError, frames_for
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
-INT32_MAX = 2**31 - 1
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+INT32_MAX = INT32[1]
+INT64_MIN, INT64_MAX = INT64  # the client's wire ranges, one definition
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 MAX_TIMEOUT_S = 24 * 3600.0
 TEXT_FIELDS = ("prompt", "negative_prompt")

@@ -24,10 +24,8 @@ class Runner(Protocol):
 
 
 def device_of(runner) -> torch.device:
-    """The device a runner takes and returns tensors on. A runner without `device` is a
-    TensorRT one (CUDA by construction), which runs on the current CUDA device."""
-    device = getattr(runner, "device", None)
-    return torch.device(device) if device is not None else torch.device("cuda")
+    """The device a runner takes and returns tensors on (every runner has `device`)."""
+    return torch.device(runner.device)
 
 
 def to_device(value, device) -> torch.Tensor:
