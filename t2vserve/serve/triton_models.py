@@ -18,7 +18,7 @@ from t2vserve.presets import get_preset
 from t2vserve.profile import load_profile
 from t2vserve.runners import device_of, to_device, to_host
 from t2vserve.schema import RequestValidationError
-from t2vserve.serve import stages
+from t2vserve.serve import stages, transfers
 
 
 def _setup(args):
@@ -101,6 +101,10 @@ class TextEncoderModel:
         self.stage = stages.TextStage(profile, threads, stages.instance_device(args))
 
     def execute(self, requests):
+        with transfers.record("text_encoder", len(requests)):
+            return self._execute(requests)
+
+    def _execute(self, requests):
         def inputs_of(r):
             prompts = _input(r, "prompt_text")
             for_request = str(json.loads(r.parameters() or "{}").get(COMPUTED_FOR, ""))
@@ -127,6 +131,10 @@ class DitModel:
         self.faults = bool((profile.data.get("faults") or {}).get("enabled"))
 
     def execute(self, requests):
+        with transfers.record("dit", len(requests)):
+            return self._execute(requests)
+
+    def _execute(self, requests):
         names = ["latents", "timestep", "prompt_embeds"]
 
         def run(latents, timestep, prompt_embeds):
@@ -224,6 +232,10 @@ class T2VModel:
         self.scheduler = self.profile.data["model"]["scheduler"]
 
     def execute(self, requests):
+        with transfers.record("t2v", len(requests)):
+            return self._execute(requests)
+
+    def _execute(self, requests):
         return [self._one(r) for r in requests]
 
     def _one(self, r):
@@ -287,6 +299,10 @@ class VaeDecoderModel:
         self.stage = stages.VaeStage(profile, threads, stages.instance_device(args))
 
     def execute(self, requests):
+        with transfers.record("vae_decoder", len(requests)):
+            return self._execute(requests)
+
+    def _execute(self, requests):
         def run(latents):
             t0 = time.perf_counter()
             frames = self.stage.decode(latents)
@@ -301,6 +317,10 @@ class VideoEncoderModel:
         self.model_id = stages.model_id(stages.load_manifest(profile))
 
     def execute(self, requests):
+        with transfers.record("video_encoder", len(requests)):
+            return self._execute(requests)
+
+    def _execute(self, requests):
         responses = []
         for r in requests:
             try:
