@@ -52,15 +52,17 @@ def latent_shape(preset: Preset, width: int, height: int, num_frames: int) -> tu
     )
 
 
-def initial_noise(shape: tuple, seed: int) -> np.ndarray:
-    # torch's CPU generator, as diffusers seeds it: the same seed gives the same video on
-    # every machine, and a diffusers user can reproduce ours.
+def initial_noise(shape: tuple, seed: int) -> torch.Tensor:
+    """float32 noise on the CPU: torch's CPU generator, as diffusers seeds it, so the same
+    seed gives the same video on every machine and a diffusers user can reproduce ours. The
+    loop moves it to the DiT's device once."""
     g = torch.Generator("cpu").manual_seed(int(seed))
-    return torch.randn(shape, generator=g, dtype=torch.float32).numpy()
+    return torch.randn(shape, generator=g, dtype=torch.float32)
 
 
-def guide(noise_cond: np.ndarray, noise_uncond: np.ndarray, scale: float) -> np.ndarray:
-    return noise_uncond + np.float32(scale) * (noise_cond - noise_uncond)
+def guide(noise_cond: torch.Tensor, noise_uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    # float32, the scale rounded to float32 first, as diffusers' (and numpy's) float32 maths
+    return noise_uncond + np.float32(scale).item() * (noise_cond - noise_uncond)
 
 
 def to_uint8(frames):
@@ -72,31 +74,34 @@ def to_uint8(frames):
     return torch.round(x * 255).to(torch.uint8)
 
 
-def predict(dit: Runner, latents: np.ndarray, t: float, embeds: torch.Tensor,
-            guidance: float) -> np.ndarray:
-    """One DiT call; the conditional and unconditional halves share one batch. The scheduler
-    and the guidance stay in numpy (float64 multistep math, bit-exact with diffusers), so the
-    latents (not the embeddings) cross per step: (B, 48, T, h, w), a few MB at 720p."""
-    batch, device = embeds.shape[0], device_of(dit)
-    out = to_host(dit.run({
-        "latents": to_device(np.repeat(latents, batch, axis=0), device),
-        "timestep": torch.full((batch,), t, dtype=torch.float32, device=device),
+def predict(dit: Runner, latents: torch.Tensor, t: float, embeds: torch.Tensor,
+            guidance: float) -> torch.Tensor:
+    """One DiT call on the DiT's device; the conditional and unconditional halves share one
+    batch, and the guidance combines them there."""
+    batch = embeds.shape[0]
+    out = dit.run({
+        "latents": latents.expand(batch, *latents.shape[1:]).contiguous(),
+        "timestep": torch.full((batch,), t, dtype=torch.float32, device=latents.device),
         "prompt_embeds": embeds,
-    })["noise_pred"])
+    })["noise_pred"]
     return guide(out[:1], out[1:], guidance) if batch == 2 else out
 
 
-def denoise_loop(dit: Runner, latents: np.ndarray, embeds, steps: int,
+def denoise_loop(dit: Runner, latents, embeds, steps: int,
                  guidance: float, *, scheduler: str = "unipc", shift: float = 5.0,
-                 callback=None) -> np.ndarray:
-    """The flow-matching loop. `embeds` is (2, L, D) [cond, uncond] with guidance, else
-    (1, L, D), a tensor or an array (moved to the DiT's device once). `callback(i, t,
-    latents)` runs after each step (progress, cancellation)."""
+                 callback=None) -> torch.Tensor:
+    """The flow-matching loop, on the DiT runner's device from start to end: the latents,
+    the embeddings, the guidance and the scheduler's float64 maths all stay there, so a GPU
+    loop moves nothing to the host between steps. `embeds` is (2, L, D) [cond, uncond] with
+    guidance, else (1, L, D); `latents` the initial noise (tensor or array). Returns the
+    final latents on that device. `callback(i, t, latents)` runs after each step (progress,
+    cancellation)."""
     sched = make_scheduler(scheduler, shift=shift)
     sched.set_timesteps(steps)
-    embeds = to_device(embeds, device_of(dit))
+    device = device_of(dit)
+    embeds, latents = to_device(embeds, device), to_device(latents, device)
     for i, t in enumerate(sched.timesteps):
-        noise_pred = predict(dit, latents, float(t), embeds, guidance)
+        noise_pred = to_device(predict(dit, latents, float(t), embeds, guidance), device)
         latents = sched.step(noise_pred, t, latents)
         if callback is not None:
             callback(i, t, latents)
@@ -176,8 +181,8 @@ class Pipeline:
         return self.text_encoder.run(tokens)["prompt_embeds"]
 
     # 2-3. the denoising loop
-    def denoise(self, latents: np.ndarray, embeds, steps: int, guidance: float,
-                callback=None) -> np.ndarray:
+    def denoise(self, latents, embeds, steps: int, guidance: float,
+                callback=None) -> torch.Tensor:
         return denoise_loop(self.dit, latents, embeds, steps, guidance,
                             scheduler=self.scheduler, shift=self.preset.flow_shift,
                             callback=callback)

@@ -3,8 +3,8 @@
 A runner takes and returns tensors on its own device (`runner.device`): torch directly,
 ONNX Runtime through IOBinding (inputs bound at the tensors' own memory, outputs handed
 back through DLPack without a copy), TensorRT through device pointers. Host numpy appears
-only at the edges (Triton tensors, MP4, the scheduler): `to_device` and `to_host` are those
-crossings. Floating outputs are FP32 whatever the graph computes in; the casts happen on the
+only at the edges (a request's own inputs, the MP4; tensors between Triton models travel by
+DLPack): `to_device` and `to_host` are those crossings. Floating outputs are FP32 whatever the graph computes in; the casts happen on the
 device.
 """
 

@@ -1,9 +1,15 @@
-"""Flow-matching schedulers for the denoising loop, in numpy only.
+"""Flow-matching schedulers for the denoising loop, on the latents' own device.
 
 Both follow diffusers' scheduler contract (``set_timesteps`` / ``timesteps`` / ``sigmas`` / ``step``)
 and reproduce the schedules of diffusers 0.42.1 exactly as Wan2.2-TI2V-5B-Diffusers configures them,
 so that our results can be checked against the reference pipeline. Each request owns one
 scheduler object; nothing is shared between objects.
+
+The schedule (timesteps, sigmas, log-SNRs) is a few numpy scalars per step; the per-element
+maths runs in torch float64 on the sample's device, so a GPU loop keeps its latents there. Every
+element-wise operation is one IEEE-rounded op with a float64 scalar, as numpy's were, so on the
+CPU the result is bit-identical to the numpy implementation it replaced. A numpy sample in gives
+a numpy array out; a tensor in gives a tensor on its device out.
 
 Convention (rectified flow): x_sigma = (1 - sigma) * x0 + sigma * noise and the model predicts the
 velocity v = noise - x0, so x0 = x - sigma * v.
@@ -14,6 +20,7 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
+import torch
 
 SCHEDULER_NAMES = ("unipc", "euler")
 
@@ -62,10 +69,19 @@ class _FlowScheduler:
         # Steps are driven by our own counter; a mismatching timestep means the loop is out of sync.
         if abs(float(timestep) - expected) > 1e-3:
             raise ValueError(f"step {self.step_index} expects timestep {expected}, got {float(timestep)}")
-        model_output, sample = np.asarray(model_output), np.asarray(sample)
+        model_output, sample = torch.as_tensor(model_output), torch.as_tensor(sample)
         if model_output.shape != sample.shape:
-            raise ValueError(f"model_output shape {model_output.shape} != sample shape {sample.shape}")
-        return model_output.astype(np.float64), sample.astype(np.float64)  # astype copies: inputs stay intact
+            raise ValueError(f"model_output shape {tuple(model_output.shape)} != sample shape "
+                             f"{tuple(sample.shape)}")
+        # float64 copies on the sample's device: the inputs stay intact
+        return (model_output.to(sample.device, torch.float64, copy=True),
+                sample.to(torch.float64, copy=True))
+
+
+def _out(x: torch.Tensor, like) -> torch.Tensor | np.ndarray:
+    """float32, as the kind of array the caller passed (numpy stays numpy)."""
+    x = x.to(torch.float32)
+    return x.numpy() if isinstance(like, np.ndarray) else x
 
 
 class FlowEulerScheduler(_FlowScheduler):
@@ -83,12 +99,12 @@ class FlowEulerScheduler(_FlowScheduler):
         timesteps = sigmas * f32(n_train)  # float32, not rounded
         return timesteps, np.append(sigmas, f32(0))
 
-    def step(self, model_output, timestep, sample) -> np.ndarray:
+    def step(self, model_output, timestep, sample):
         v, x = self._begin_step(timestep, model_output, sample)
         i = self.step_index
         dt = float(self.sigmas[i + 1]) - float(self.sigmas[i])
         self.step_index += 1
-        return (x + dt * v).astype(np.float32)
+        return _out(x + dt * v, sample)
 
 
 class FlowUniPCScheduler(_FlowScheduler):
@@ -118,8 +134,8 @@ class FlowUniPCScheduler(_FlowScheduler):
         s = self.sigmas.astype(np.float64)  # from the float32 sigmas, exactly as diffusers sees them
         with np.errstate(divide="ignore"):
             self._lambdas = np.log(1 - s) - np.log(s)  # log-SNR; +inf at the final sigma = 0
-        self._x0_history: list[tuple[int, np.ndarray]] = []  # (sigma index, x0 estimate), newest last
-        self._last_sample: np.ndarray | None = None  # input of the last predictor, for the corrector
+        self._x0_history: list[tuple[int, torch.Tensor]] = []  # (sigma index, x0 estimate), newest last
+        self._last_sample: torch.Tensor | None = None  # input of the last predictor, for the corrector
         self._last_order = 0
 
     def _bh_update(self, x, s, t, x0_new=None, order=1):
@@ -128,8 +144,8 @@ class FlowUniPCScheduler(_FlowScheduler):
         lam, hist = self._lambdas, self._x0_history
         sigma_s, sigma_t = float(self.sigmas[s]), float(self.sigmas[t])
         alpha_t = 1.0 - sigma_t
-        h = lam[t] - lam[s]
-        h_phi_1 = np.expm1(-h)  # = e^{-h} - 1; exactly -1 when sigma_t = 0
+        h = float(lam[t] - lam[s])
+        h_phi_1 = float(np.expm1(-h))  # = e^{-h} - 1; exactly -1 when sigma_t = 0
         b_h = h_phi_1  # bh2
         m0 = hist[-1][1]
         x_next = (sigma_t / sigma_s) * x - alpha_t * h_phi_1 * m0  # first-order (DDIM-like) step
@@ -137,7 +153,7 @@ class FlowUniPCScheduler(_FlowScheduler):
         # Higher-order terms: divided differences of older x0 estimates (and of x0_new) against m0.
         rks, diffs = [], []
         for idx, m in hist[-order:-1]:  # any order: permuting the points only permutes the weights
-            rk = (lam[idx] - lam[s]) / h
+            rk = float(lam[idx] - lam[s]) / h
             rks.append(rk)
             diffs.append((m - m0) / rk)
         if x0_new is not None:
@@ -156,9 +172,9 @@ class FlowUniPCScheduler(_FlowScheduler):
                 fact *= i + 1
                 phi_k = phi_k / hh - 1 / fact
             rhos = np.linalg.solve(np.vander(rks, increasing=True).T, np.array(b))
-        return x_next - alpha_t * b_h * sum(r * d for r, d in zip(rhos, diffs))
+        return x_next - alpha_t * b_h * sum(float(r) * d for r, d in zip(rhos, diffs))
 
-    def step(self, model_output, timestep, sample) -> np.ndarray:
+    def step(self, model_output, timestep, sample):
         v, x = self._begin_step(timestep, model_output, sample)
         i = self.step_index
         x0 = x - float(self.sigmas[i]) * v  # flow prediction -> data prediction
@@ -173,7 +189,7 @@ class FlowUniPCScheduler(_FlowScheduler):
         self._last_sample, self._last_order = x, order
         prev = self._bh_update(x, i, i + 1, order=order)
         self.step_index += 1
-        return prev.astype(np.float32)
+        return _out(prev, sample)
 
 
 def make_scheduler(name: str, shift: float = 5.0) -> FlowUniPCScheduler | FlowEulerScheduler:

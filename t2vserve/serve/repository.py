@@ -73,8 +73,9 @@ def placement_values(profile: Profile) -> dict[str, str]:
     """instance_group kind, `gpus` and the GPU-only parameters for each placed model: KIND_GPU
     on the profile's GPUs where it names them, KIND_CPU (and nothing added) otherwise."""
     values = {}
-    for model in PLACED:
-        gpus = gpus_of(profile, model)
+    # t2v's denoising loop sits with the DiT, so its per-step tensors stay on those GPUs
+    for model, component in [(m, m) for m in PLACED] + [("t2v", "dit")]:
+        gpus = gpus_of(profile, component)
         values.update({
             f"derived.{model}.instance_kind": "KIND_GPU" if gpus else "KIND_CPU",
             f"derived.{model}.gpus": f" gpus: [ {', '.join(map(str, gpus))} ]" if gpus else "",

@@ -186,7 +186,8 @@ def stub_tensors(profile: Profile, width: int, height: int,
         ("prompt_embeds per step (t2v -> dit)", embeds, 2),
         ("noise_pred, a CFG pair per step (dit -> t2v)", 2 * latents, 2),
         ("latents (t2v -> vae_decoder)", latents, 2),
-        ("uint8 frames (vae_decoder -> t2v -> video_encoder)", frames, 4),
+        # written once by vae_decoder, mapped by video_encoder, deleted by t2v (serve/frames.py)
+        ("uint8 frames (vae_decoder -> frame store -> video_encoder)", frames, 1),
         # x264 at CRF 18 stays under the raw 4:2:0 frames (pure noise: 41% of them)
         ("MP4, at most the 4:2:0 frames (video_encoder -> t2v -> client)", frames // 2, 3),
         ("timestep, vae_ms, qc, info and request JSON", SMALL_TENSORS, 2),
@@ -202,7 +203,7 @@ def shm_requirement(profile: Profile) -> tuple[int, str]:
     stubs = sum(int(m["instances"]) for m in profile.data["models"].values())
     need = per_request * in_flight + stubs * SHM_DEFAULT_REGION
     why = (f"the limits admit {w}x{h}x{f} clips, whose tensors crossing stub boundaries "
-           f"(frames {frames / 2**20:.0f} MiB x4 copies, the MP4, latents and embeddings) come "
+           f"(frames {frames / 2**20:.0f} MiB once in the frame store, the MP4, latents and embeddings) come "
            f"to {per_request / 2**20:.0f} MiB per request, x{in_flight} t2v instances in "
            f"flight, and {stubs} stubs keep a {SHM_DEFAULT_REGION >> 20} MiB region each")
     return need, why

@@ -5,14 +5,13 @@ run them directly.
 """
 
 import json
-import time
 
 import numpy as np
 
 from t2vserve.media import QC_NAMES, encode_mp4, qc_metrics
 from t2vserve.pipeline import clean_prompt, decode_frames, tokenize
 from t2vserve.profile import Profile
-from t2vserve.runners import OnnxRuntimeRunner, Runner, device_of, to_device, to_host
+from t2vserve.runners import OnnxRuntimeRunner, Runner, device_of, to_device
 from t2vserve.schema import GenerationRequest, RequestValidationError
 
 INT_FIELDS = ("width", "height", "num_frames", "fps", "steps")
@@ -38,7 +37,7 @@ def instance_device(args: dict) -> str:
     return "cpu"
 
 
-def _use_device(device: str) -> None:
+def use_device(device: str) -> None:
     # One Triton stub process per instance: make the instance's GPU the process's current
     # one, so whatever still says plain "cuda" (TensorRT's stream, its output buffers) is it.
     if device.startswith("cuda"):
@@ -74,7 +73,7 @@ def make_runner(profile: Profile, component: str, graph: str, threads: int = 0,
     if runtime not in RUNTIMES:
         raise ValueError(f"components.{component}.runtime {runtime!r} is not available in "
                          f"this build; supported: {', '.join(RUNTIMES)}")
-    _use_device(device)
+    use_device(device)
     if runtime == "onnxruntime":
         return OnnxRuntimeRunner(profile.artifacts / f"{graph}.onnx",
                                  providers=onnxruntime_providers(device),
@@ -89,7 +88,7 @@ def make_runner(profile: Profile, component: str, graph: str, threads: int = 0,
     if not plan.exists():
         raise FileNotFoundError(f"{plan} not found: run `t2vserve export --format tensorrt "
                                 f"--profile {profile.path}`")
-    # deserialised on the current device (_use_device)
+    # deserialised on the current device (use_device)
     return TensorRTRunner(plan, device=device if device.startswith("cuda") else "cuda")
 
 
@@ -214,7 +213,8 @@ def parse_request(values: dict, profile: Profile, tokenizer=None) -> GenerationR
 
 
 class TextStage:
-    """Prompt pairs -> (N, 2, L, D) embeddings [conditional, unconditional]."""
+    """Prompt pairs -> (N, 2, L, D) embeddings [conditional, unconditional], on the text
+    encoder's device."""
 
     def __init__(self, profile: Profile, threads: int = 0, device: str = "cpu"):
         from t2vserve.tokenizer import load_tokenizer
@@ -224,17 +224,18 @@ class TextStage:
         self.tokenizer = load_tokenizer(profile.artifacts / "tokenizer")
         self.runner = make_runner(profile, "text_encoder", "text_encoder", threads, device)
 
-    def encode(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+    def encode(self, pairs: list[tuple[str, str]]):
         texts = [t for pair in pairs for t in pair]
-        tokens = tokenize(self.tokenizer, texts, self.text_len)
+        tokens = tokenize(self.tokenizer, texts, self.text_len)  # the edge: the request's text
         device = device_of(self.runner)
-        out = self.runner.run({k: to_device(v, device) for k, v in tokens.items()})
-        embeds = to_host(out["prompt_embeds"])  # the edge: a Triton CPU tensor
+        embeds = self.runner.run({k: to_device(v, device) for k, v in tokens.items()})
+        embeds = embeds["prompt_embeds"]
         return embeds.reshape(len(pairs), 2, *embeds.shape[1:])
 
 
 class VaeStage:
-    """Normalised latents (B, C, T, h, w) -> uint8 frames (B, F, H, W, 3)."""
+    """Normalised latents (B, C, T, h, w) -> uint8 frames (B, F, H, W, 3) on the VAE's
+    device."""
 
     def __init__(self, profile: Profile, threads: int = 0, device: str = "cpu"):
         manifest = load_manifest(profile)
@@ -243,22 +244,43 @@ class VaeStage:
         self.mean = np.asarray(manifest["latents_mean"], np.float32)
         self.std = np.asarray(manifest["latents_std"], np.float32)
 
-    def decode(self, latents: np.ndarray) -> np.ndarray:
-        # The one decode loop (pipeline.decode_frames): caches stay on the runners' device,
-        # only the uint8 frames come back to the host for the Triton output tensor.
-        return to_host(decode_frames(self.first, self.step, latents, self.mean, self.std))
+    def decode(self, latents):
+        # The one decode loop (pipeline.decode_frames): caches stay on the runners' device;
+        # the uint8 frames leave it once, into the frame store (frames.put).
+        return decode_frames(self.first, self.step, latents, self.mean, self.std)
+
+    def decode_to_store(self, latents, folder=None) -> list[str]:
+        """What vae_decoder serves: decode, then each clip's uint8 frames into the frame
+        store, the one device -> host copy (`frames.put`); returns their handles. A failure
+        leaves no file behind."""
+        from t2vserve.serve import frames
+
+        handles = []
+        try:
+            for clip in self.decode(latents):
+                handles.append(frames.put(clip, folder))
+        except BaseException:
+            for handle in handles:
+                frames.discard(handle, folder)
+            raise
+        return handles
 
 
 def model_id(manifest: dict) -> str:
     return f"{manifest['preset']}@{manifest['weight_hash'][:12]}"
 
 
-def finish_video(frames: np.ndarray, fps: int, info: dict) -> tuple[bytes, np.ndarray, bytes]:
-    """uint8 (F, H, W, 3) -> (MP4 bytes, QC metrics, info JSON bytes)."""
-    t0 = time.perf_counter()
-    video = encode_mp4(frames, fps)
-    qc = qc_metrics(frames)
-    info = dict(info)
-    info.setdefault("stages_ms", {})["video_encoder"] = round((time.perf_counter() - t0) * 1e3, 2)
+def encode_video(frames: np.ndarray, fps: int) -> tuple[bytes, np.ndarray]:
+    """uint8 (F, H, W, 3) -> (MP4 bytes, QC metrics)."""
+    return encode_mp4(frames, fps), qc_metrics(frames)
+
+
+def response_info(model: str, request: GenerationRequest, qc, **fields) -> bytes:
+    """The `info` output t2v answers with: the model that served, the request as served,
+    the QC metrics by name, and `fields` (stages_ms, cache_hit, dit_calls)."""
+    info = dict(fields)
+    info["model"] = model
+    info["request"] = {k: getattr(request, k) for k in ("width", "height", "num_frames", "fps",
+                                                        "steps", "guidance_scale", "seed")}
     info["qc"] = dict(zip(QC_NAMES, (round(float(x), 4) for x in qc)))
-    return video, qc, json.dumps(info, ensure_ascii=False).encode("utf-8")
+    return json.dumps(info, ensure_ascii=False).encode("utf-8")

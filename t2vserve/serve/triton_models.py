@@ -2,6 +2,15 @@
 
 `model_repository/<name>/1/model.py` imports one class from here as TritonPythonModel.
 Every model reads its deployment profile from the `profile` parameter of its config.
+
+Numeric tensors between the models travel by DLPack (`pb_utils.Tensor.to_dlpack` /
+`from_dlpack`) as torch tensors on whatever device their producer left them: on a GPU
+profile the DiT's inputs and outputs stay GPU memory from t2v's loop to dit and back (a BLS
+response comes in the memory its producer wrote, with no preference set), and the models
+placed on a GPU take GPU inputs as they are (FORCE_CPU_ONLY_INPUT_TENSORS "no"). On a CPU
+profile the same code passes CPU tensors. Strings (prompts, JSON) are numpy object arrays.
+A clip's frames do not travel as a tensor at all: vae_decoder writes them to the frame store
+and video_encoder maps them from there (`frames`).
 """
 
 import json
@@ -16,9 +25,9 @@ import triton_python_backend_utils as pb_utils
 from t2vserve.pipeline import denoise_loop, initial_noise, latent_shape
 from t2vserve.presets import get_preset
 from t2vserve.profile import load_profile
-from t2vserve.runners import device_of, to_device, to_host
+from t2vserve.runners import device_of, to_device
 from t2vserve.schema import RequestValidationError
-from t2vserve.serve import stages, transfers
+from t2vserve.serve import frames, stages, transfers
 
 
 def _setup(args):
@@ -29,13 +38,36 @@ def _setup(args):
 
 
 def _input(request, name):
+    """A string (or a request's own scalar) input as a host numpy array; None if absent."""
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     return None if tensor is None else tensor.as_numpy()
+
+
+def _from_triton(tensor) -> torch.Tensor:
+    """A numeric Triton tensor as a torch tensor on its own device, without a copy."""
+    return torch.from_dlpack(tensor.to_dlpack())
+
+
+def _tensor(request, name):
+    """A numeric input as a torch tensor where Triton put it (GPU or CPU); None if absent."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else _from_triton(tensor)
+
+
+def _to_triton(name: str, value) -> "pb_utils.Tensor":
+    """A torch tensor (any device) by DLPack, or a numpy array, as a Triton tensor."""
+    if isinstance(value, torch.Tensor):
+        return pb_utils.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(value.contiguous()))
+    return pb_utils.Tensor(name, np.ascontiguousarray(value))
 
 
 def _bytes(value: bytes | str, shape=(1,)) -> np.ndarray:
     data = value.encode("utf-8") if isinstance(value, str) else value
     return np.array([data], dtype=np.object_).reshape(shape)
+
+
+def _string(array) -> str:
+    return bytes(np.asarray(array).reshape(-1)[0]).decode("utf-8")
 
 
 class RequestCancelled(Exception):
@@ -52,26 +84,30 @@ def _error(exc: Exception):
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), code))
 
 
+def _concat(parts):
+    return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
+
+
 def _batched(requests, names, run, inputs_of=None):
     """Dynamic batching in a Python model: concatenate the requests that share shapes, run
     once, split the outputs back by each request's batch size. If a merged run fails, each
     of its requests runs alone, so one bad request fails itself and not its batchmates.
-    `inputs_of(request)` gives a request's arrays where they are not just its `names`."""
+    `inputs_of(request)` gives a request's inputs (tensors or arrays) where they are not
+    just its numeric `names`."""
     responses = [None] * len(requests)
     groups = defaultdict(list)
     for i, r in enumerate(requests):
-        arrays = inputs_of(r) if inputs_of else [_input(r, n) for n in names]
-        groups[tuple(a.shape[1:] for a in arrays)].append((i, arrays))
+        arrays = inputs_of(r) if inputs_of else [_tensor(r, n) for n in names]
+        groups[tuple(tuple(a.shape[1:]) for a in arrays)].append((i, arrays))
 
     def run_group(members):
-        batch = [np.concatenate([m[1][k] for m in members]) for k in range(len(members[0][1]))]
+        batch = [_concat([m[1][k] for m in members]) for k in range(len(members[0][1]))]
         outputs = run(*batch)
         offset = 0
         for i, arrays in members:
             n = arrays[0].shape[0]
             responses[i] = pb_utils.InferenceResponse(
-                [pb_utils.Tensor(name, np.ascontiguousarray(v[offset:offset + n]))
-                 for name, v in outputs.items()])
+                [_to_triton(name, v[offset:offset + n]) for name, v in outputs.items()])
             offset += n
 
     for members in groups.values():
@@ -138,12 +174,11 @@ class DitModel:
         names = ["latents", "timestep", "prompt_embeds"]
 
         def run(latents, timestep, prompt_embeds):
-            # the edges: Triton CPU tensors in, host arrays out for the response tensors
+            # tensors in and out where they are: on a GPU instance they never leave it
             feed = {"latents": latents, "timestep": timestep.reshape(-1),
                     "prompt_embeds": prompt_embeds}
             device = device_of(self.runner)
-            out = self.runner.run({k: to_device(v, device) for k, v in feed.items()})
-            return {k: to_host(v) for k, v in out.items()}
+            return self.runner.run({k: to_device(v, device) for k, v in feed.items()})
 
         # requests carrying an injected fault run on their own, like a failing member of a
         # batch would after _batched's retry
@@ -160,11 +195,11 @@ class DitModel:
                     raise RequestValidationError("fault injection is disabled in this profile")
                 if kind == "raise":
                     raise RuntimeError("dit runner failed (injected fault)")
-                outputs = run(*[_input(r, n) for n in names])
+                outputs = run(*[_tensor(r, n) for n in names])
                 if kind != "nan":
                     raise RequestValidationError(f"fault must be raise or nan, got {kind!r}")
                 responses[i] = pb_utils.InferenceResponse(
-                    [pb_utils.Tensor(n, np.full_like(v, np.nan)) for n, v in outputs.items()])
+                    [_to_triton(n, torch.full_like(v, float("nan"))) for n, v in outputs.items()])
             except Exception as exc:
                 responses[i] = _error(exc)
         for i, response in zip(plain, _batched([requests[i] for i in plain], names, run)):
@@ -172,31 +207,40 @@ class DitModel:
         return responses
 
 
-def _bls(model: str, inputs: dict, outputs: list[str], parameters: dict | None = None) -> dict:
-    """One call to another model of this server; an error there becomes an exception here."""
+def _bls(model: str, inputs: dict, outputs: list[str], parameters: dict | None = None,
+         strings: tuple[str, ...] = ()) -> dict:
+    """One call to another model of this server; an error there becomes an exception here.
+    Inputs are tensors (sent by DLPack from their device) or numpy arrays; outputs come back
+    as torch tensors where the producer left them, the `strings` ones as numpy arrays."""
     request = pb_utils.InferenceRequest(
         model_name=model, requested_output_names=outputs,
-        inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()],
+        inputs=[_to_triton(name, value) for name, value in inputs.items()],
         **({"parameters": parameters} if parameters else {}))
     response = request.exec()
     if response.has_error():
         raise RuntimeError(f"{model}: {response.error().message()}")
-    return {n: pb_utils.get_output_tensor_by_name(response, n).as_numpy() for n in outputs}
+    out = {}
+    for name in outputs:
+        tensor = pb_utils.get_output_tensor_by_name(response, name)
+        out[name] = tensor.as_numpy() if name in strings else _from_triton(tensor)
+    return out
 
 
 class BlsDit:
-    """The `dit` model called through BLS, behind the runner interface the loop uses."""
+    """The `dit` model called through BLS, behind the runner interface the loop uses: the
+    loop's tensors go out and come back on the loop's device (t2v's instance device, the
+    DiT's GPU on a GPU profile)."""
     input_names = ["latents", "timestep", "prompt_embeds"]
     output_names = ["noise_pred"]
-    device = torch.device("cpu")  # BLS tensors are host tensors here
 
-    def __init__(self, fault: str | None = None):
+    def __init__(self, device: str = "cpu", fault: str | None = None):
+        self.device = torch.device(device)
         self.calls = 0
         self.fault = fault
 
     def run(self, inputs):
         self.calls += 1
-        inputs = {n: to_host(v) for n, v in inputs.items()}  # the edge: Triton tensors
+        inputs = dict(inputs)
         inputs["timestep"] = inputs["timestep"].reshape(-1, 1)
         if self.fault:
             n = inputs["latents"].shape[0]
@@ -219,9 +263,10 @@ def _fault_for(profile, seed: int) -> str | None:
 
 class T2VModel:
     """The public `t2v` model: validation, then each stage through BLS, with the denoising
-    loop here. Many instances run side by side; their per-step `dit` calls meet in dit's
-    dynamic batcher (step-level batching). The client's request is this model's own request,
-    so a cancelled call or an expired deadline is seen between any two steps."""
+    loop here on the instance's device (the DiT's GPU on a GPU profile). Many instances run
+    side by side; their per-step `dit` calls meet in dit's dynamic batcher (step-level
+    batching). The client's request is this model's own request, so a cancelled call or an
+    expired deadline is seen between any two steps. It alone assembles the response `info`."""
 
     def initialize(self, args):
         from t2vserve.tokenizer import load_tokenizer
@@ -230,6 +275,9 @@ class T2VModel:
         self.tokenizer = load_tokenizer(self.profile.artifacts / "tokenizer")
         self.preset = get_preset(self.profile.data["model"]["preset"])
         self.scheduler = self.profile.data["model"]["scheduler"]
+        self.model_id = stages.model_id(stages.load_manifest(self.profile))
+        self.device = stages.instance_device(args)
+        stages.use_device(self.device)
 
     def execute(self, requests):
         with transfers.record("t2v", len(requests)):
@@ -239,6 +287,7 @@ class T2VModel:
         return [self._one(r) for r in requests]
 
     def _one(self, r):
+        handle = None
         try:
             values = {n: _input(r, n) for n in stages.REQUEST_INPUTS}
             req = stages.parse_request(values, self.profile, self.tokenizer)
@@ -250,7 +299,7 @@ class T2VModel:
 
             def after_step(i, t, x):
                 # a NaN/Inf latent would decode to a black or garbage clip: fail loudly here
-                if not np.isfinite(x).all():
+                if not bool(torch.isfinite(x).all()):
                     raise RuntimeError(f"denoising produced non-finite latents at step "
                                        f"{i + 1}/{req.steps} (seed {req.seed})")
                 check(f"after step {i + 1}/{req.steps}")
@@ -259,43 +308,54 @@ class T2VModel:
             t0 = time.perf_counter()
             text = _bls("text_encoder", {"prompt_text": _bytes(req.prompt, (1, 1)),
                                          "negative_text": _bytes(req.negative_prompt, (1, 1))},
-                        ["prompt_embeds", "text_info"], {COMPUTED_FOR: this_request})
+                        ["prompt_embeds", "text_info"], {COMPUTED_FOR: this_request},
+                        strings=("text_info",))
             text_ms = round((time.perf_counter() - t0) * 1e3, 2)
-            text_info = json.loads(text["text_info"].reshape(-1)[0])
+            text_info = json.loads(_string(text["text_info"]))
             embeds = text["prompt_embeds"][0]
             if req.guidance_scale <= 1.0:  # no unconditional pass, as WanPipeline
                 embeds = embeds[:1]
             check("after the text encoder")
-            # 2. the denoising loop, one dit call per step
+            # 2. the denoising loop, one dit call per step, on this instance's device
             t0 = time.perf_counter()
             shape = latent_shape(self.preset, req.width, req.height, req.num_frames)
-            dit = BlsDit(_fault_for(self.profile, req.seed))
+            dit = BlsDit(self.device, _fault_for(self.profile, req.seed))
             latents = denoise_loop(
                 dit, initial_noise(shape, req.seed), embeds, req.steps, req.guidance_scale,
                 scheduler=self.scheduler, shift=self.preset.flow_shift, callback=after_step)
             denoise_ms = round((time.perf_counter() - t0) * 1e3, 2)
-            # 3. decode, 4. encode
-            vae = _bls("vae_decoder", {"latents": latents.astype(np.float32)}, ["frames", "vae_ms"])
+            # 3. decode: the frames go to the frame store, a handle comes back
+            vae = _bls("vae_decoder", {"latents": latents.float()}, ["frames_handle", "vae_ms"],
+                       strings=("frames_handle",))
+            handle = _string(vae["frames_handle"])
             check("after the VAE")
+            # 4. encode, from the frame store
+            out = _bls("video_encoder", {"frames_handle": _bytes(handle),
+                                         "fps": np.array([req.fps], np.int32)},
+                       ["video", "qc", "encode_ms"], strings=("video",))
+            qc = out["qc"].cpu().numpy()
             # the text encoder's time is how long this request waited for its embeddings
             # (queue and compute on a miss, the cache lookup on a hit)
-            info = {"stages_ms": {"text_encoder": text_ms, "denoise": denoise_ms},
-                    "cache_hit": text_info["computed_for"] != this_request,
-                    "dit_calls": dit.calls}
-            params = {k: getattr(req, k) for k in ("width", "height", "num_frames", "fps",
-                                                   "steps", "guidance_scale", "seed")}
-            out = _bls("video_encoder", {"frames": vae["frames"], "vae_ms": vae["vae_ms"],
-                                         "denoise_info": _bytes(json.dumps(info)),
-                                         "request_json": _bytes(json.dumps(params))},
-                       ["video", "qc", "info"])
-            return pb_utils.InferenceResponse([pb_utils.Tensor(n, v) for n, v in out.items()])
+            info = stages.response_info(
+                self.model_id, req, qc,
+                stages_ms={"text_encoder": text_ms, "denoise": denoise_ms,
+                           "vae_decoder": round(float(vae["vae_ms"].reshape(-1)[0]), 2),
+                           "video_encoder": round(float(out["encode_ms"].reshape(-1)[0]), 2)},
+                cache_hit=text_info["computed_for"] != this_request, dit_calls=dit.calls)
+            return pb_utils.InferenceResponse([pb_utils.Tensor("video", out["video"]),
+                                               pb_utils.Tensor("qc", qc),
+                                               pb_utils.Tensor("info", _bytes(info))])
         except Exception as exc:
             return _error(exc)
+        finally:
+            if handle is not None:
+                frames.discard(handle)
 
 
 class VaeDecoderModel:
     def initialize(self, args):
         _, profile, threads = _setup(args)
+        frames.remove_stale()  # the frames of servers that are gone
         self.stage = stages.VaeStage(profile, threads, stages.instance_device(args))
 
     def execute(self, requests):
@@ -305,38 +365,37 @@ class VaeDecoderModel:
     def _execute(self, requests):
         def run(latents):
             t0 = time.perf_counter()
-            frames = self.stage.decode(latents)
+            handles = self.stage.decode_to_store(latents)
             ms = np.full((len(latents), 1), (time.perf_counter() - t0) * 1e3, np.float32)
-            return {"frames": frames, "vae_ms": ms}
+            return {"frames_handle": np.array([[h.encode()] for h in handles], np.object_),
+                    "vae_ms": ms}
         return _batched(requests, ["latents"], run)
 
 
 class VideoEncoderModel:
     def initialize(self, args):
-        _, profile, _ = _setup(args)
-        self.model_id = stages.model_id(stages.load_manifest(profile))
+        _, self.profile, _ = _setup(args)
 
     def execute(self, requests):
         with transfers.record("video_encoder", len(requests)):
             return self._execute(requests)
 
     def _execute(self, requests):
+        lo, hi = self.profile.limits.fps
         responses = []
         for r in requests:
             try:
-                params = json.loads(_input(r, "request_json").reshape(-1)[0])
-                info = json.loads(_input(r, "denoise_info").reshape(-1)[0])
-                info["model"] = self.model_id
-                info["stages_ms"]["vae_decoder"] = round(float(_input(r, "vae_ms").reshape(-1)[0]), 2)
-                info["request"] = {k: params[k] for k in ("width", "height", "num_frames", "fps",
-                                                          "steps", "guidance_scale", "seed")}
-                frames = _input(r, "frames")
-                video, qc, info_json = stages.finish_video(frames.reshape(frames.shape[-4:]),
-                                                           params["fps"], info)
+                fps = int(_input(r, "fps").reshape(-1)[0])
+                if not lo <= fps <= hi:
+                    raise RequestValidationError(f"fps must be in [{lo}, {hi}], got {fps}")
+                clip = frames.take(_string(_input(r, "frames_handle")))
+                t0 = time.perf_counter()
+                video, qc = stages.encode_video(clip, fps)
+                ms = np.array([(time.perf_counter() - t0) * 1e3], np.float32)
                 responses.append(pb_utils.InferenceResponse([
                     pb_utils.Tensor("video", _bytes(video)),
-                    pb_utils.Tensor("qc", qc),
-                    pb_utils.Tensor("info", _bytes(info_json))]))
+                    pb_utils.Tensor("qc", np.asarray(qc, np.float32)),
+                    pb_utils.Tensor("encode_ms", ms)]))
             except Exception as exc:
                 responses.append(_error(exc))
         return responses

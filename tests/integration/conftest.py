@@ -30,6 +30,7 @@ class Server:
     config: ServerConfig
     artifacts: Path
     log: Path
+    pid: int = 0  # tritonserver's
 
     @property
     def grpc_url(self) -> str:
@@ -69,7 +70,7 @@ def server(tiny_artifacts, tmp_path_factory):
     except Exception:
         stop(proc)
         raise RuntimeError(f"server did not start:\n{log.read_bytes()[-6000:].decode()}")
-    yield Server(profile, cfg, tiny_artifacts, log)
+    yield Server(profile, cfg, tiny_artifacts, log, proc.pid)
     stop(proc)
 
 

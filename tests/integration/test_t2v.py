@@ -154,3 +154,34 @@ def test_non_utf8_prompt_is_invalid_arg(server):
     assert "INVALID_ARGUMENT" in str(err.value.status())
     assert c.is_server_ready()
     c.close()
+
+
+def test_frames_pass_by_handle_and_leave_nothing_behind(server, client):
+    """vae_decoder answers with a frame-store handle, not the frames; video_encoder refuses
+    a handle it was not given by name; after the requests the store is empty."""
+    import tritonclient.grpc as grpcclient
+
+    from t2vserve.serve import frames
+
+    video = client.generate("a green bottle on a shelf", width=64, height=64, num_frames=5,
+                            steps=1, seed=3)
+    assert video.info["stages_ms"]["video_encoder"] > 0
+    folder = frames.server_dir(server.pid)  # the stubs' parent is this tritonserver
+    assert folder.is_dir() and not list(folder.glob("*.npy*"))
+    c = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        config = c.get_model_config("vae_decoder", as_json=True)["config"]
+        assert [o["name"] for o in config["output"]] == ["frames_handle", "vae_ms"]
+        for handle, message in [(b"../../etc/passwd", "frames_handle must be a handle"),
+                                (b"0" * 32 + b".npy", "no frames under handle")]:
+            inputs = [grpcclient.InferInput("frames_handle", [1], "BYTES"),
+                      grpcclient.InferInput("fps", [1], "INT32")]
+            inputs[0].set_data_from_numpy(np.array([handle], dtype=object))
+            inputs[1].set_data_from_numpy(np.array([24], np.int32))
+            with pytest.raises(Exception, match=message) as err:
+                c.infer("video_encoder", inputs)
+            assert "INVALID_ARG" in str(err.value.status())
+        assert c.is_server_live() and c.is_model_ready("video_encoder")
+    finally:
+        c.close()
+    assert not list(folder.glob("*.npy*"))

@@ -1,6 +1,6 @@
 """The one VAE decode (`pipeline.decode_frames`): its caches stay on the runners' device
-from latent frame to latent frame, only the uint8 frames cross to the host, and the server
-and `bench gpu` run that same function."""
+from latent frame to latent frame, only the uint8 frames cross to the host (once, into the
+frame store video_encoder reads), and the server and `bench gpu` run that same function."""
 
 import inspect
 
@@ -13,7 +13,7 @@ import yaml
 from t2vserve import pipeline
 from t2vserve.perf import bench_gpu
 from t2vserve.profile import load_profile
-from t2vserve.serve import stages
+from t2vserve.serve import frames, stages
 
 
 class Watched:
@@ -72,9 +72,10 @@ def test_served_vae_keeps_caches_on_the_device(runtime, tiny, tmp_path, request)
     stage.step = Watched(stage.step, "step", conversions)
     latents = np.random.default_rng(0).standard_normal((2, 48, 3, 4, 4)).astype(np.float32)
 
-    frames = stage.decode(latents)  # what VaeModel puts in its Triton output tensor
+    handles = stage.decode_to_store(latents, tmp_path)  # what vae_decoder serves
 
-    assert frames.dtype == np.uint8 and frames.shape == (2, 9, 64, 64, 3)
+    clips = [frames.take(h, tmp_path) for h in handles]
+    assert [(c.dtype, c.shape) for c in clips] == [(np.uint8, (9, 64, 64, 3))] * 2
     runs = [e for e in conversions if e[0] == "run"]
     assert [e[1] for e in runs] == ["first", "step", "step"] * 2  # one sample at a time
     for _, _, inputs, out in runs:
@@ -84,10 +85,12 @@ def test_served_vae_keeps_caches_on_the_device(runtime, tiny, tmp_path, request)
     for (_, _, _, before), (_, name, inputs, _) in zip(runs, runs[1:]):
         if name == "step":
             assert all(inputs[c] is before[c + "_out"] for c in inputs if c != "latents")
-    # the only conversion to numpy is the finished clip, as uint8, after the last call
-    crossings = [e for e in conversions if e[0] == "numpy"]
-    assert crossings == [("numpy", torch.uint8, (2, 9, 64, 64, 3))]
-    assert conversions[-1] == crossings[0]
+    # nothing became a host array on the way: the finished uint8 clips were copied once,
+    # straight into the frame store's files (torch copy_ into the mapped file)
+    assert not [e for e in conversions if e[0] == "numpy"]
+    expected = stage.decode(latents)
+    assert all(np.array_equal(c, e.numpy()) for c, e in zip(clips, expected))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".npy") == sorted(handles)
 
 
 def test_server_pipeline_and_bench_decode_through_one_function(tiny, monkeypatch):

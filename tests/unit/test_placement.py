@@ -123,6 +123,8 @@ def test_gpus_1_puts_the_dit_instance_on_device_1(tmp_path):
     repo = render_repository(profile, tmp_path / "repo")
     (group,) = config_of(repo / "dit" / "config.pbtxt").instance_group
     assert group.kind == group.KIND_GPU and list(group.gpus) == [1]
+    (loop,) = config_of(repo / "t2v" / "config.pbtxt").instance_group
+    assert loop.kind == loop.KIND_GPU and list(loop.gpus) == [1]  # the loop follows the DiT
     device = stages.instance_device(_args("GPU", group.gpus[0]))
     assert device == "cuda:1"
     if torch.cuda.device_count() > 1:
@@ -149,12 +151,15 @@ def test_the_h100_profiles_put_every_stage_on_gpu_0(name, tmp_path):
     path.parent.mkdir()
     path.write_text(yaml.safe_dump(data))
     repo = render_repository(load_profile(path), tmp_path / "repo")
-    for model in ("text_encoder", "dit", "vae_decoder"):
+    # t2v's denoising loop sits on the DiT's GPU, so its per-step tensors stay there
+    for model in ("text_encoder", "dit", "vae_decoder", "t2v"):
         (group,) = config_of(repo / model / "config.pbtxt").instance_group
         assert group.kind == group.KIND_GPU and list(group.gpus) == [0], model
-    for model in ("t2v", "video_encoder"):
-        (group,) = config_of(repo / model / "config.pbtxt").instance_group
-        assert group.kind == group.KIND_CPU, model
+    (group,) = config_of(repo / "video_encoder" / "config.pbtxt").instance_group
+    assert group.kind == group.KIND_CPU  # x264 runs on the host
+    for model in ("text_encoder", "dit", "vae_decoder"):  # GPU inputs taken as they are
+        assert 'FORCE_CPU_ONLY_INPUT_TENSORS" value: { string_value: "no"' in \
+            (repo / model / "config.pbtxt").read_text(), model
 
 
 def test_the_old_device_key_is_refused_with_the_new_one_named(tmp_path):

@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from t2vserve.profile import load_profile
+from t2vserve.runners import to_host
 from t2vserve.schema import RequestValidationError
 from t2vserve.serve import stages
 
@@ -36,12 +37,13 @@ def test_torch_and_onnxruntime_runtimes_agree(tmp_path, tiny_artifacts):
     onnx = _profile(tmp_path, tiny_artifacts, "onnxruntime")
     torch_ = _profile(tmp_path, tiny_artifacts, "torch")
     pairs = [("a red cup", "blurry"), ("红色杯子", "")]
-    a = stages.TextStage(onnx).encode(pairs)
-    b = stages.TextStage(torch_).encode(pairs)
+    a = to_host(stages.TextStage(onnx).encode(pairs))
+    b = to_host(stages.TextStage(torch_).encode(pairs))
     assert a.shape == (2, 2, 256, 32)
     assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()
     latents = np.random.default_rng(0).standard_normal((1, 48, 2, 4, 4)).astype(np.float32)
-    fa, fb = stages.VaeStage(onnx).decode(latents), stages.VaeStage(torch_).decode(latents)
+    fa = to_host(stages.VaeStage(onnx).decode(latents))
+    fb = to_host(stages.VaeStage(torch_).decode(latents))
     assert fa.shape == (1, 5, 64, 64, 3) and np.abs(fa.astype(int) - fb.astype(int)).max() <= 1
     with pytest.raises(ValueError, match="supported: onnxruntime, torch, tensorrt"):
         stages.make_runner(_profile(tmp_path, tiny_artifacts, "openvino"), "dit", "dit")
