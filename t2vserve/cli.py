@@ -245,6 +245,18 @@ def _demo(args) -> int:
     return 0
 
 
+def _gpu_check(args) -> int:
+    from t2vserve.perf.gpu_check import markdown, run_check
+
+    result, path = run_check(preset=args.preset, device=args.device, out_dir=args.out_dir,
+                             work_dir=args.work_dir, keep=args.keep, budget_s=args.budget_s)
+    print(markdown(result))
+    print(f"wrote {path} (+ .md summary)")
+    if result.get("error"):
+        return 1
+    return 0 if result["timing"]["within_budget"] else 1
+
+
 def _preset_size(preset) -> dict:
     d = preset.defaults
     return {k: d[k] for k in ("width", "height", "num_frames", "guidance_scale")}
@@ -322,6 +334,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="build/demo")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("gpu-check", help="the served stack on one GPU in one command: DiT MFU, "
+                                         "gRPC requests, perf_analyzer c1/c2, memory and "
+                                         "host<->device bytes per stage; writes "
+                                         "<out-dir>/gpu-<device>-<date>.json and .md")
+    p.add_argument("--preset", default="wan2.2-ti2v-5b", choices=["wan2.2-ti2v-5b", "tiny"],
+                   help="wan2.2-ti2v-5b (random BF16 weights) or tiny (--device cpu)")
+    p.add_argument("--device", default="cuda", help="cuda, cuda:<id> or cpu (default cuda)")
+    p.add_argument("--out-dir", default="perf/results")
+    p.add_argument("--work-dir", help="artifacts, repository, logs (default: a temp folder)")
+    p.add_argument("--keep", action="store_true", help="keep the work folder")
+    p.add_argument("--budget-s", type=float, default=540,
+                   help="time budget; exit 1 and name the phases that ran over (default 540)")
+    p.set_defaults(func=_gpu_check)
 
     from t2vserve.client.commands import register as register_client_commands
 

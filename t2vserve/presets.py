@@ -112,14 +112,17 @@ class Components:
 def _random_init_(module: torch.nn.Module, seed: int) -> None:
     # Default inits leave zero-initialised projections (e.g. Wan's proj_out), which would
     # make a random DiT output exactly zero; give every parameter seeded small noise.
-    g = torch.Generator().manual_seed(seed)
+    # Drawn on the module's device: a CPU generator takes minutes for the 5B DiT and
+    # umT5-XXL, and would stage every FP32 draw in host memory (CPU draws are unchanged).
+    device = next(module.parameters()).device
+    g = torch.Generator(device).manual_seed(seed)
     with torch.no_grad():
         for name, p in sorted(module.named_parameters()):
             if p.ndim == 1 and ("norm" in name or name.endswith(".gamma")):
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g, device=device))
             else:
                 fan_in = p[0].numel() if p.ndim > 1 else p.numel()
-                p.copy_(torch.randn(p.shape, generator=g) / max(fan_in, 1) ** 0.5)
+                p.copy_(torch.randn(p.shape, generator=g, device=device) / max(fan_in, 1) ** 0.5)
 
 
 # Trained weights for `tiny` (`make train-tiny`), used by default once they are shipped.

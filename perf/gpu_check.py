@@ -1,0 +1,614 @@
+"""`t2vserve gpu-check`: the served stack on one GPU, measured in one command (at most 9
+minutes on an H100/H200, no network).
+
+Phases, in order: the DiT forward's MFU (perf.bench_gpu's own code, before the server so
+its network does not share the GPU with the stages); a generated torch-runtime profile and
+repository; tritonserver with the transfer hook on (serve.transfers); one gRPC request per
+planned size with host<->device bytes measured per stage; perf_analyzer at concurrency 1
+and 2 (perf.analyzer); memory per stage process. `--preset tiny --device cpu` runs the same
+phases on a CPU at tiny sizes, which is how the test suite keeps this script working.
+Writes <out-dir>/gpu-<device-slug>-<date>.json and .md.
+"""
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# What each preset's check serves and asks for. requests: (width, height, frames, steps);
+# the first size is also perf_analyzer's (the profile's defaults).
+PLANS: dict[str, dict[str, Any]] = {
+    "wan2.2-ti2v-5b": dict(
+        requests=[(832, 480, 17, 4), (1280, 704, 121, 2)],
+        sizes=[[832, 480], [480, 832], [1280, 704], [704, 1280]],
+        width=(480, 1280), height=(480, 1280), num_frames=(17, 121), prompt_tokens=512,
+        gpu_precision="bf16"),
+    "tiny": dict(
+        requests=[(128, 128, 17, 4), (192, 128, 33, 2)],
+        sizes=[[128, 128], [192, 128]],
+        width=(128, 192), height=(128, 128), num_frames=(17, 33), prompt_tokens=256,
+        gpu_precision="bf16"),
+}
+# seconds each phase may take on the GPU run; their sum is the 9-minute budget
+PHASE_BUDGET_S = {"setup": 20, "mfu": 100, "artifacts": 15, "server_load": 150,
+                  "requests": 120, "perf_analyzer": 90, "memory_and_stop": 45}
+TOTAL_BUDGET_S = 540
+CONCURRENCY = (1, 2)
+PROMPTS = ("a red ceramic mug rotating slowly on a wooden table, studio light",
+           "白色运动鞋在纯色背景上缓慢旋转，柔和灯光")
+STAGE_MODELS = ("t2v", "text_encoder", "dit", "vae_decoder", "video_encoder")
+
+
+def log(msg: str) -> None:
+    print(f"[gpu-check {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Phase:
+    name: str
+    seconds: float
+    budget_s: float | None
+    ok: bool
+    error: str | None = None
+
+
+class Phases:
+    """Times each phase against its share of the budget; a failed phase is recorded and the
+    check goes on where later phases do not depend on it."""
+
+    def __init__(self, budgets: dict):
+        self.budgets = budgets
+        self.done: list[Phase] = []
+
+    @contextlib.contextmanager
+    def run(self, name: str, fatal: bool = True):
+        """Time one phase; a failure stops the check unless `fatal` is False."""
+        log(f"{name} ...")
+        t0 = time.perf_counter()
+        phase = Phase(name, 0.0, self.budgets.get(name), True)
+        try:
+            yield phase
+        except Exception as exc:
+            phase.ok, phase.error = False, f"{type(exc).__name__}: {exc}"
+            if fatal:
+                raise
+        finally:
+            phase.seconds = round(time.perf_counter() - t0, 1)
+            self.done.append(phase)
+            log(f"{name}: {'done' if phase.ok else 'FAILED'} in {phase.seconds:.1f} s"
+                + (f" ({phase.error})" if phase.error else ""))
+
+    def over(self) -> list[str]:
+        return [f"{p.name} took {p.seconds:.0f} s of its {p.budget_s:.0f} s"
+                for p in self.done if p.budget_s is not None and p.seconds > p.budget_s]
+
+
+def free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def versions() -> dict:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for dist in ("torch", "diffusers", "transformers", "numpy", "av", "nvidia-pytriton",
+                 "tritonclient", "onnxruntime", "tensorrt"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    import torch
+
+    out["cuda"] = torch.version.cuda
+    return out
+
+
+def tensorrt_status(device: str) -> dict:
+    """TensorRT is used only where it imports; the 5B plans are not built inside the budget."""
+    try:
+        import tensorrt  # noqa: F401
+    except Exception as exc:  # ImportError, or a stub package that fails on import
+        return {"used": False, "skipped": f"`import tensorrt` fails here ({type(exc).__name__}: "
+                                          f"{exc}); the stages run on runtime torch"}
+    if device == "cpu":
+        return {"used": False, "skipped": "TensorRT needs a CUDA device"}
+    return {"used": False, "skipped": "TensorRT imports, but building the plans (ONNX export of "
+                                      "the 5B, then `t2vserve export --format tensorrt`) takes "
+                                      "longer than this check's 9 minutes: build them once, "
+                                      "then `t2vserve perf run` against a tensorrt profile"}
+
+
+# ---- phase: DiT MFU (bench_gpu's code) -------------------------------------------------
+
+def measure_mfu(preset: str, device: str, dtype: str) -> dict:
+    import torch
+
+    from t2vserve.perf import bench_gpu
+
+    p = bench_gpu.get_preset(preset)
+    dev = torch.device(device)
+    shapes = [tuple(s) for s in bench_gpu.SHAPES[preset]]
+    bench_gpu._check_fits(p, dev, bench_gpu.DTYPES[dtype], shapes)
+    peak = bench_gpu.matmul_peak(dev, bench_gpu.DTYPES[dtype], log=log)
+    peaks = {"measured": peak["tflops"]}
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    sheet = bench_gpu.datasheet_peak(name) if dev.type == "cuda" else None
+    if sheet and dtype != "fp32":
+        peaks["datasheet"] = sheet[1].tflops
+    # a CPU run only keeps the code path alive: one timed call each
+    repeats = 3 if dev.type == "cuda" else 1
+    rows, _ = bench_gpu._bench_dit(p, dev, dtype, shapes, peaks, repeats=repeats, warmup=1,
+                                   compile=False, cuda_graphs=False, baseline=False, log=log)
+    bench_gpu._free(dev)
+    return {"dtype": dtype, "peak_tflops": peaks, "datasheet": sheet[0] if sheet else None,
+            "dit": [{"width": r["width"], "height": r["height"], "frames": r["frames"],
+                     "tokens": r["tokens"], "batch": r["batch"], "tflop": r["flops"] / 1e12,
+                     "latency_ms": round(r["ours"]["latency_ms"], 2),
+                     "tflops": round(r["ours"]["tflops"], 3),
+                     **{k: round(v, 4) for k, v in r["ours"].items() if k.startswith("mfu_")}}
+                    for r in rows]}
+
+
+# ---- phase: artifacts, profile, repository ----------------------------------------------
+
+def write_artifacts(preset_name: str, folder: Path) -> dict:
+    """What a torch-runtime deployment reads from its artifacts folder: manifest.json and the
+    tokenizer. No ONNX graphs: the stages build their networks (presets.build_component)."""
+    from t2vserve.presets import TINY_WEIGHTS, get_preset, trained_tiny_available
+    from t2vserve.tokenizer import load_tokenizer
+
+    preset = get_preset(preset_name)
+    folder.mkdir(parents=True, exist_ok=True)
+    load_tokenizer().save_pretrained(str(folder / "tokenizer"))
+    vae = dict(preset.vae)
+    trained = preset.name == "tiny" and trained_tiny_available()
+    if trained:  # the trained VAE's latent statistics, as build_component uses them
+        vae.update(json.loads((TINY_WEIGHTS / "latents.json").read_text()))
+    weights = "trained tiny weights" if trained else "random weights, seed 0"
+    manifest = {
+        "preset": preset.name, "runtime": "torch", "weights": weights,
+        "weight_hash": hashlib.sha256(f"{preset.name}: {weights}".encode()).hexdigest(),
+        "text_len": preset.text_len, "latent_channels": preset.latent_channels,
+        "vae_stride": [vae["scale_factor_temporal"], vae["scale_factor_spatial"],
+                       vae["scale_factor_spatial"]],
+        "latents_mean": list(vae["latents_mean"]), "latents_std": list(vae["latents_std"]),
+        # what rendering reads of the text encoder's output
+        "graphs": {"text_encoder": {"outputs": [{"name": "prompt_embeds", "dtype": "FP32",
+                                                 "shape": ["batch", "text_len",
+                                                           preset.text_encoder["d_model"]]}]}},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def profile_data(preset: str, device: str, artifacts: Path, ports: list[int]) -> dict:
+    """A deployment profile for the check: runtime torch for every network, on GPU 0
+    (KIND_GPU instances) or CPU; limits admit exactly the planned sizes."""
+    import t2vserve.profiles
+
+    plan = PLANS[preset]
+    data = yaml.safe_load((Path(t2vserve.profiles.__file__).parent / "cpu-tiny.yaml").read_text())
+    gpu = device != "cpu"
+    precision = plan["gpu_precision"] if gpu else "fp32"
+    component = {"runtime": "torch", "precision": precision} | ({"gpus": [0]} if gpu else {})
+    w, h, f, steps = plan["requests"][0]
+    http, grpc, metrics, supervisor = ports
+    data.update({
+        "name": f"gpu-check-{preset}-{'gpu' if gpu else 'cpu'}",
+        "model": {"preset": preset, "checkpoint": None, "artifacts": str(artifacts),
+                  "scheduler": "unipc"},
+        "components": {c: dict(component) for c in ("text_encoder", "dit", "vae_decoder")},
+        "defaults": {"width": w, "height": h, "num_frames": f, "fps": 24, "steps": steps,
+                     "guidance_scale": 5.0, "seed": 0},
+        "models": {
+            "text_encoder": {"instances": 1, "max_batch_size": 4, "max_queue_delay_us": 2000,
+                             "threads": 0 if gpu else 1},
+            "t2v": {"instances": max(CONCURRENCY)},
+            "dit": {"instances": 1, "max_batch_size": 4, "max_queue_delay_us": 2000,
+                    "threads": 0 if gpu else 1},
+            "vae_decoder": {"instances": 1, "max_batch_size": 1, "max_queue_delay_us": 0,
+                            "threads": 0 if gpu else 1},
+            "video_encoder": {"instances": max(CONCURRENCY)},
+        },
+    })
+    data["limits"].update({
+        "width": {"min": plan["width"][0], "max": plan["width"][1], "multiple": 32},
+        "height": {"min": plan["height"][0], "max": plan["height"][1], "multiple": 32},
+        "sizes": plan["sizes"],
+        "num_frames": {"min": plan["num_frames"][0], "max": plan["num_frames"][1]},
+        "steps": {"min": 1, "max": 50}, "prompt_tokens": plan["prompt_tokens"],
+    })
+    data["server"].update({"address": "127.0.0.1", "http_port": http, "grpc_port": grpc,
+                           "metrics_port": metrics, "supervisor_port": supervisor,
+                           "exit_timeout_s": 60, "shm_bytes": None})
+    return data
+
+
+# ---- phase: memory per stage process -----------------------------------------------------
+
+def stage_processes(server_pid: int) -> dict[int, str]:
+    """pid -> Triton model name of each Python-backend stub the server started (read from
+    the stub's command line, which names the model's model.py)."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid != server_pid:
+                continue
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        for a in args:
+            parts = Path(a.decode("utf-8", "replace")).parts
+            if len(parts) >= 3 and parts[-1] == "model.py" and parts[-3] in STAGE_MODELS:
+                out[int(entry.name)] = parts[-3]
+                break
+    return out
+
+
+def _rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def memory_by_stage(server_pid: int, device: str) -> dict:
+    """GPU memory (nvidia-smi, per compute process) and host RSS of each stage process."""
+    stubs = stage_processes(server_pid)
+    per_model: dict[str, dict] = {}
+    for pid, model in sorted(stubs.items()):
+        m = per_model.setdefault(model, {"pids": [], "host_rss_mib": 0.0, "gpu_mib": None})
+        m["pids"].append(pid)
+        m["host_rss_mib"] = round(m["host_rss_mib"] + (_rss_mib(pid) or 0.0), 1)
+    result: dict[str, Any] = {"stage_processes": per_model, "gpu": None}
+    if device == "cpu":
+        result["gpu"] = "no GPU: the check ran with --device cpu"
+        return result
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                              "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        result["gpu"] = f"nvidia-smi failed: {exc}"
+        return result
+    rows, unreadable = [], []
+    for line in filter(str.strip, out.splitlines()):
+        try:
+            pid_text, mib_text = line.split(",")
+            rows.append((int(pid_text), float(mib_text)))
+        except ValueError:  # e.g. "[N/A]" where the driver does not report it
+            unreadable.append(line.strip())
+    unmapped: list[dict] = []
+    for pid, mib in rows:
+        owner = stubs.get(pid)
+        if owner is None:
+            unmapped.append({"pid": pid, "used_mib": mib})
+            continue
+        m = per_model[owner]
+        m["gpu_mib"] = (m["gpu_mib"] or 0.0) + mib
+    result["gpu"] = {"nvidia_smi_rows": len(rows), "unmapped": unmapped, "unreadable": unreadable,
+                     "note": "used_memory per compute process; pids that do not match a stub "
+                             "(a container's own pid namespace) are listed as unmapped"}
+    return result
+
+
+# ---- phase: requests with transfers measured -------------------------------------------
+
+def measured_request(client, transfer_dir: Path, prompt: str, w: int, h: int, f: int,
+                     steps: int, seed: int) -> dict:
+    from t2vserve.media import decode_mp4
+    from t2vserve.serve import transfers
+
+    for old in transfer_dir.glob("*.jsonl"):
+        old.unlink()
+    (transfer_dir / transfers.MARKER).touch()
+    t0 = time.perf_counter()
+    try:
+        video = client.generate(prompt, width=w, height=h, num_frames=f, steps=steps,
+                                seed=seed, guidance_scale=5.0)
+    finally:
+        (transfer_dir / transfers.MARKER).unlink()
+    wall = time.perf_counter() - t0
+    frames, fps = decode_mp4(video.mp4)
+    by_model = transfers.per_model(transfers.read_records(transfer_dir))
+    return {"width": w, "height": h, "num_frames": f, "steps": steps, "seed": seed,
+            "wall_s": round(wall, 2), "profiled": True, "mp4_bytes": len(video.mp4),
+            "decoded": {"frames": int(frames.shape[0]), "height": int(frames.shape[1]),
+                        "width": int(frames.shape[2]), "fps": fps},
+            "ok": (int(frames.shape[0]), int(frames.shape[1]), int(frames.shape[2])) == (f, h, w),
+            "stages_ms": video.info.get("stages_ms"), "dit_calls": video.info.get("dit_calls"),
+            "transfer_bytes": by_model}
+
+
+# ---- the check ---------------------------------------------------------------------------
+
+def _device_name(device: str) -> str:
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device))
+
+
+def run_check(preset: str = "wan2.2-ti2v-5b", device: str = "cuda", out_dir: str | Path =
+              "perf/results", work_dir: str | Path | None = None, keep: bool = False,
+              budget_s: float = TOTAL_BUDGET_S) -> tuple[dict, Path]:
+    """Run every phase; returns (result, path of the JSON written)."""
+    if preset not in PLANS:
+        raise ValueError(f"--preset must be one of {sorted(PLANS)}, got {preset!r}")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"--device must be cpu, cuda or cuda:<id>, got {device!r}")
+    import torch
+
+    if device != "cpu" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: torch {torch.__version__} sees no CUDA device "
+                         f"(use --device cpu with --preset tiny)")
+    if device == "cpu" and preset != "tiny":
+        raise ValueError("--device cpu runs --preset tiny only (the 5B takes minutes per "
+                         "DiT call on a CPU)")
+
+    scale = budget_s / TOTAL_BUDGET_S
+    phases = Phases({k: v * scale for k, v in PHASE_BUDGET_S.items()})
+    t_start = time.perf_counter()
+    created = dt.datetime.now(dt.timezone.utc)
+    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="t2vserve-gpu-check-"))
+    work.mkdir(parents=True, exist_ok=True)
+    result: dict = {"kind": "t2vserve.gpu_check", "version": 1,
+                    "created": created.strftime("%Y-%m-%dT%H:%M:%SZ"), "preset": preset,
+                    "requested_device": device, "skipped": {}, "phases": {}}
+    plan = PLANS[preset]
+    proc = None
+    try:
+        with phases.run("setup"):
+            from t2vserve.perf.run import device_label, machine
+
+            result["machine"] = machine()
+            result["device"] = _device_name(device)
+            result["device_label"] = device_label(result["machine"]) if device == "cpu" \
+                else result["device"]
+            result["versions"] = versions()
+            result["tensorrt"] = tensorrt_status(device)
+            result["skipped"]["tensorrt"] = result["tensorrt"]["skipped"]
+        dtype = plan["gpu_precision"] if device != "cpu" else "fp32"
+        with phases.run("mfu", fatal=False):  # serving does not depend on it
+            result["phases"]["mfu"] = measure_mfu(preset, device, dtype)
+        with phases.run("artifacts"):
+            from t2vserve.profile import load_profile
+            from t2vserve.serve.repository import render_repository
+            from t2vserve.serve.server import check_shm, shm_requirement
+
+            from t2vserve.serve.server import ShmError
+
+            manifest = write_artifacts(preset, work / "artifacts")
+            path = work / "profile.yaml"
+            data = profile_data(preset, device, work / "artifacts", free_ports(4))
+            path.write_text(yaml.safe_dump(data, allow_unicode=True))
+            profile = load_profile(path)
+            try:
+                check_shm(profile)
+            except ShmError as exc:
+                # a container's small /dev/shm: serve the first size only and say why
+                w, h, f, _ = plan["requests"][0]
+                if (w, h, f) == profile.limits.largest_clip():
+                    raise
+                plan = dict(plan, requests=plan["requests"][:1])
+                data["limits"]["sizes"] = [[w, h]]
+                data["limits"]["num_frames"]["max"] = f
+                path.write_text(yaml.safe_dump(data, allow_unicode=True))
+                profile = load_profile(path)
+                check_shm(profile)
+                result["skipped"]["larger_requests"] = f"/dev/shm too small for them: {exc}"
+            repo = render_repository(profile, work / "model_repository")
+            need, why = shm_requirement(profile)
+            result["phases"]["artifacts"] = {
+                "profile": profile.data, "weights": manifest["weights"],
+                "shm_needed_mib": round(need / 2**20), "shm_why": why}
+        with phases.run("server_load"):
+            from t2vserve.serve.server import ServerConfig, start, wait_ready
+            from t2vserve.serve import transfers
+
+            transfer_dir = work / "transfers"
+            transfer_dir.mkdir(exist_ok=True)
+            cfg = ServerConfig.from_profile(profile, repo, exit_timeout_s=60)
+            server_log = work / "tritonserver.log"
+            previous = os.environ.get(transfers.ENV)
+            os.environ[transfers.ENV] = str(transfer_dir)  # the stubs inherit the server's env
+            try:
+                proc = start(cfg, server_log)
+            finally:
+                if previous is None:
+                    os.environ.pop(transfers.ENV)
+                else:
+                    os.environ[transfers.ENV] = previous
+            try:
+                wait_ready(cfg, proc, timeout_s=max(60.0, phases.budgets["server_load"] * 2))
+            except Exception as exc:
+                raise RuntimeError(f"{exc}\n--- server log tail ---\n"
+                                   f"{server_log.read_bytes()[-3000:].decode('utf-8', 'replace')}")
+            url = f"{cfg.address}:{cfg.grpc_port}"
+            result["phases"]["server_load"] = {"url": url, "stage_processes": {
+                str(pid): m for pid, m in sorted(stage_processes(proc.pid).items())}}
+            result["phases"]["memory_after_load"] = memory_by_stage(proc.pid, device)
+        with phases.run("requests"):
+            from t2vserve.client import T2VClient
+
+            rows = []
+            with T2VClient(url) as client:
+                for i, (w, h, f, steps) in enumerate(plan["requests"]):
+                    log(f"  request {w}x{h}x{f}, {steps} steps (transfers profiled)")
+                    row = measured_request(client, transfer_dir, PROMPTS[i % len(PROMPTS)],
+                                           w, h, f, steps, seed=7 + i)
+                    log(f"  -> {row['decoded']['frames']} frames, {row['wall_s']} s, bytes "
+                        + ", ".join(f"{m}: {v['HtoD']}/{v['DtoH']} HtoD/DtoH"
+                                    for m, v in sorted(row["transfer_bytes"].items())))
+                    rows.append(row)
+            result["phases"]["requests"] = rows
+        with phases.run("perf_analyzer"):
+            result["phases"]["perf_analyzer"] = run_perf_analyzer(profile, url, work / "perf")
+        with phases.run("memory_and_stop"):
+            from t2vserve.serve.server import stop
+
+            result["phases"]["memory_after_requests"] = memory_by_stage(proc.pid, device)
+            if device == "cpu":
+                result["skipped"]["gpu_memory"] = "no GPU: the check ran with --device cpu"
+            stop(proc)
+            proc = None
+    except Exception as exc:
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        log(f"stopped: {result['error']}")
+    finally:
+        if proc is not None:
+            from t2vserve.serve.server import stop
+
+            stop(proc)
+        total = round(time.perf_counter() - t_start, 1)
+        over = phases.over()
+        result["timing"] = {"total_s": total, "budget_s": budget_s,
+                            "within_budget": total <= budget_s and not over,
+                            "over": over, "phases": [asdict(p) for p in phases.done]}
+        if total > budget_s:
+            log(f"OVER BUDGET: {total:.0f} s of {budget_s:.0f} s; "
+                + ("; ".join(over) if over else "no single phase over its share"))
+        result["work_dir"] = str(work) if keep else None
+        if keep:
+            log(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return result, write_result(result, out_dir)
+
+
+def run_perf_analyzer(profile, url: str, work: Path) -> dict:
+    from t2vserve.perf import analyzer
+    from t2vserve.perf.run import batching, model_statistics
+
+    data = analyzer.write_input_data(profile, _mkdir(work) / "input.json", n=4)
+    levels = []
+    for c in CONCURRENCY:
+        before = model_statistics(url)
+        t0 = time.perf_counter()
+        level = analyzer.measure(url, data, work, concurrency=c, requests_per_window=2,
+                                 max_trials=3, timeout_s=300)
+        row = asdict(level)
+        row["wall_s"] = round(time.perf_counter() - t0, 1)
+        row["batching"] = batching(before, model_statistics(url))
+        levels.append(row)
+        log(f"  c{c}: {level.throughput:.3f} videos/s, p50 {level.latency_ms['p50']:.0f} ms")
+    w = analyzer.workload(profile, 1)[0]
+    return {"workload": {k: w[k] for k in ("width", "height", "num_frames", "steps",
+                                           "guidance_scale")},
+            "requests_per_window": 2, "max_trials": 3, "levels": levels}
+
+
+def _mkdir(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+# ---- output --------------------------------------------------------------------------------
+
+def result_path(result: dict, out_dir: str | Path) -> Path:
+    from t2vserve.perf.bench_gpu import device_slug
+
+    return Path(out_dir) / f"gpu-{device_slug(result.get('device') or 'unknown')}-" \
+                           f"{result['created'][:10]}.json"
+
+
+def write_result(result: dict, out_dir: str | Path) -> Path:
+    path = result_path(result, out_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1, ensure_ascii=False, default=str) + "\n")
+    path.with_suffix(".md").write_text(markdown(result))
+    return path
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f}"
+
+
+def markdown(r: dict) -> str:
+    ph = r["phases"]
+    t = r["timing"]
+    lines = [f"# gpu-check: {r['preset']} on {r.get('device_label') or r.get('device')}", "",
+             f"{r['created']}; torch {r.get('versions', {}).get('torch')}; total "
+             f"{t['total_s']:.0f} s of a {t['budget_s']:.0f} s budget"
+             + ("" if t["within_budget"] else " (**over**: " + "; ".join(t["over"] or
+                                                                     ["total"]) + ")") + "."]
+    if r.get("error"):
+        lines += ["", f"**Stopped early**: {r['error']}"]
+    if "mfu" in ph:
+        m = ph["mfu"]
+        lines += ["", f"DiT forward ({m['dtype']}, batch 2), measured matmul peak "
+                      f"{m['peak_tflops']['measured']:,.1f} TFLOP/s:", "",
+                  "| size | tokens | ms | TFLOP/s | MFU meas. | MFU sheet |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for d in m["dit"]:
+            sheet = d.get("mfu_datasheet")
+            lines.append(f"| {d['width']}x{d['height']}x{d['frames']} | {d['tokens']:,} | "
+                         f"{d['latency_ms']:,.1f} | {d['tflops']:,.2f} | {d['mfu_measured']:.1%} | "
+                         f"{'-' if sheet is None else format(sheet, '.1%')} |")
+    if "requests" in ph:
+        lines += ["", "Requests over gRPC (host<->device MiB per request, HtoD / DtoH, measured "
+                      "with torch.profiler in each stage process):", "",
+                  "| request | ok | s | " + " | ".join(STAGE_MODELS) + " |",
+                  "|---|---|---:|" + "---:|" * len(STAGE_MODELS)]
+        for q in ph["requests"]:
+            cells = []
+            for m in STAGE_MODELS:
+                b = q["transfer_bytes"].get(m)
+                cells.append("-" if b is None else f"{_mib(b['HtoD'])} / {_mib(b['DtoH'])}")
+            lines.append(f"| {q['width']}x{q['height']}x{q['num_frames']}, {q['steps']} steps | "
+                         f"{'yes' if q['ok'] else 'NO'} | {q['wall_s']:.1f} | " + " | ".join(cells) + " |")
+    if "perf_analyzer" in ph:
+        p = ph["perf_analyzer"]
+        w = p["workload"]
+        lines += ["", f"perf_analyzer, {w['width']}x{w['height']}x{w['num_frames']}, "
+                      f"{w['steps']} steps:", "", "| concurrency | videos/s | p50 ms | p95 ms |",
+                  "|---:|---:|---:|---:|"]
+        for lv in p["levels"]:
+            lines.append(f"| {lv['concurrency']} | {lv['throughput']:.3f} | "
+                         f"{lv['latency_ms']['p50']:,.0f} | {lv['latency_ms']['p95']:,.0f} |")
+    mem = ph.get("memory_after_requests") or ph.get("memory_after_load")
+    if mem:
+        # torch's own count in each stage process, from the profiled requests (no CUDA
+        # context; it still holds where nvidia-smi's pids do not match a container's)
+        torch_mib: dict[str, float] = {}
+        for q in ph.get("requests", []):
+            for model, b in q["transfer_bytes"].items():
+                if "cuda_max_allocated_mib" in b:
+                    torch_mib[model] = max(torch_mib.get(model, 0.0), b["cuda_max_allocated_mib"])
+        lines += ["", "Memory per stage process (after the requests):", "",
+                  "| model | processes | GPU MiB (nvidia-smi) | torch max allocated MiB "
+                  "| host RSS MiB |", "|---|---:|---:|---:|---:|"]
+        for model, m in sorted(mem["stage_processes"].items()):
+            gpu = m["gpu_mib"] if m["gpu_mib"] is not None else \
+                ("no GPU" if isinstance(mem["gpu"], str) else "-")
+            lines.append(f"| {model} | {len(m['pids'])} | {gpu} | "
+                         f"{torch_mib.get(model, '-')} | {m['host_rss_mib']:,.0f} |")
+    if r["skipped"]:
+        lines += ["", "Skipped:"] + [f"- {k}: {v}" for k, v in r["skipped"].items()]
+    return "\n".join(lines) + "\n"
