@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from t2vserve.export.tensorrt_engine import ArtifactPaths, _trt, check_build_input, engine_specs
+from t2vserve.export.tensorrt_engine import ArtifactPaths, check_build_input, engine_specs
+from t2vserve.runners.tensorrt import _trt
 from t2vserve.export.trt_profiles import COMPONENT, limit_corners, optimisation_profiles, \
     request_shapes
 from t2vserve.text_corpus import BRIEF_PROMPTS, WAN_DEFAULT_NEGATIVE_PROMPT

@@ -1,4 +1,4 @@
-"""TensorRT engines: one spec per graph, one generic Engine (build / load / infer), a Runner.
+"""TensorRT engine builds: one spec per graph, one plan per spec (`build_plan`).
 
 Written for TensorRT 10.x, weakly typed: the FP32 ONNX export is parsed and TensorRT picks
 FP16/BF16 kernels where a precision flag allows, except for the layers pinned to FP32 below.
@@ -12,7 +12,9 @@ anything else). The FP16 export writes the DiT's attention as MatMul -> Cast(FP3
 and break the fused attention kernel, so the L x L scores would be materialised. In the FP32
 graph the softmax sits straight between the two MatMuls and the builder fuses it.
 
-`--compare` lives in `export/tensorrt_compare.py`.
+`--compare` lives in `export/tensorrt_compare.py`; loading and running plans (the serving
+side: `Engine`, `TensorRTRunner`, one optimisation profile per served size) in
+`t2vserve/runners/tensorrt.py`.
 
 What is pinned to FP32 in a reduced-precision build, and why (`pin_fp32_layers`):
 - normalisation and reduction layers (LayerNorm; the mean of RMSNorm, the sum of the VAE's
@@ -37,8 +39,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from t2vserve.export.trt_profiles import COMPONENT, GRAPHS, check_request_fits, limit_corners, \
-    optimisation_profiles
+from t2vserve.export.trt_profiles import COMPONENT, GRAPHS, limit_corners, \
+    optimisation_profiles, request_shapes
+from t2vserve.runners.tensorrt import _trt, fits, logger
 
 # Allowed precision per component. umT5 activations overflow FP16 (why T5 models run in BF16
 # or FP32); the DiT runs FP16 or BF16 with the pins below; the VAE FP16 or FP32.
@@ -60,10 +63,18 @@ class EngineSpec:
     onnx_path: Path
     plan_path: Path
     precision: str  # fp32 | fp16 | bf16
-    shapes: Shapes  # input name -> (min, opt, max)
+    profiles: tuple[Shapes, ...]  # one optimisation profile per served size (or one in all)
     fp32_patterns: tuple[str, ...] = ()  # layer-name regexes pinned on top of the type rules
     fp32_inputs: tuple[str, ...] = ()  # graph inputs whose forward closure stays FP32
     fp32_softmax: bool = True
+
+    @property
+    def shapes(self) -> Shapes:
+        """The profiles' envelope: input name -> (min, the first profile's opt, max)."""
+        def bound(pick, name, end):
+            return tuple(pick(dims) for dims in zip(*(p[name][end] for p in self.profiles)))
+        return {n: (bound(min, n, 0), trio[1], bound(max, n, 2))
+                for n, trio in self.profiles[0].items()}
 
 
 @dataclass(frozen=True)
@@ -174,25 +185,6 @@ def check_build_input(onnx_dir: str | Path) -> dict:
     return manifest
 
 
-def _trt():
-    try:
-        import tensorrt
-    except ImportError as e:
-        raise RuntimeError("TensorRT is not installed (pip's `tensorrt` needs NVIDIA's index and "
-                           f"a GPU machine): {e}") from None
-    return tensorrt
-
-
-_LOGGER = []
-
-
-def _logger(trt):
-    # one logger per process: TensorRT warns when builders and runtimes are given different ones
-    if not _LOGGER:
-        _LOGGER.append(trt.Logger(trt.Logger.WARNING))
-    return _LOGGER[0]
-
-
 def component_precision(profile, component: str) -> str:
     precision = profile.data["components"][component]["precision"]
     allowed = PRECISIONS[component]
@@ -204,16 +196,40 @@ def component_precision(profile, component: str) -> str:
 
 
 def engine_specs(profile, manifest: dict, paths: ArtifactPaths) -> list[EngineSpec]:
-    """One spec per graph: precision from the profile, shapes from its limits. No TensorRT."""
-    shapes = optimisation_profiles(profile, manifest)
+    """One spec per graph: precision from the profile, shapes from its limits. No TensorRT.
+
+    Where the profile lists its sizes (`limits.sizes`), each graph gets one optimisation
+    profile per size (identical ones merged: the text encoder's do not depend on the size),
+    so an engine holds no activation memory for sizes it never serves; else one profile
+    spanning the ranges."""
+    if profile.limits.sizes:
+        per_size = [optimisation_profiles(profile, manifest, size=size)
+                    for size in profile.limits.admitted_sizes()]
+    else:
+        per_size = [optimisation_profiles(profile, manifest)]
     specs = []
     for graph in GRAPHS:
+        profiles = []
+        for shapes in per_size:
+            if shapes[graph] not in profiles:
+                profiles.append(shapes[graph])
         component = COMPONENT[graph]
         specs.append(EngineSpec(graph, paths.onnx(graph), paths.plan(graph),
-                                component_precision(profile, component), shapes[graph],
+                                component_precision(profile, component), tuple(profiles),
                                 fp32_inputs=FP32_INPUTS.get(graph, ()),
                                 fp32_softmax=graph not in FUSED_ATTENTION))
     return specs
+
+
+def check_specs_cover(profile, specs: list[EngineSpec], manifest: dict) -> None:
+    """ValueError unless every size the limits admit, at the fewest and the most frames,
+    fits one optimisation profile of every graph (what a request will be run on)."""
+    by_graph = {s.graph: s for s in specs}
+    for w, h, f in limit_corners(profile):
+        for graph, shapes in request_shapes(profile, w, h, f, manifest).items():
+            if not any(fits(p, shapes) for p in by_graph[graph].profiles):
+                raise ValueError(f"{w}x{h}, {f} frames: no optimisation profile of {graph} "
+                                 f"holds input shapes {shapes}")
 
 
 def pin_fp32_layers(trt, network, *, softmax: bool = True, patterns=(),
@@ -265,169 +281,70 @@ def pin_fp32_layers(trt, network, *, softmax: bool = True, patterns=(),
     return pinned
 
 
-class Engine:
-    def __init__(self, plan_path: str | Path):
-        self.plan_path = Path(plan_path)
-        self.engine = self.context = None
+def build_plan(spec: EngineSpec, timing_cache_path: str | Path | None = None,
+               workspace_gb: float = DEFAULT_WORKSPACE_GB) -> dict:
+    """Parse spec.onnx_path, build with the spec's precision and optimisation profiles, write
+    spec.plan_path; returns what engines.json records for it."""
+    plan_path = Path(spec.plan_path)
+    if not Path(spec.onnx_path).exists():
+        raise FileNotFoundError(f"no ONNX graph at {spec.onnx_path}: run `t2vserve export`")
+    trt = _trt()
+    t0 = time.perf_counter()
+    log = logger(trt)
+    builder = trt.Builder(log)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, log)
+    # from a file, so weights stored as external data next to the graph are found
+    if not parser.parse_from_file(str(spec.onnx_path)):
+        errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {spec.onnx_path}:\n{errors}")
 
-    def build(self, spec: EngineSpec, timing_cache_path: str | Path | None = None,
-              workspace_gb: float = DEFAULT_WORKSPACE_GB) -> dict:
-        """Parse spec.onnx_path, build with spec's precision and profile, write the plan."""
-        if Path(spec.plan_path) != self.plan_path:
-            raise ValueError(f"spec.plan_path {spec.plan_path} is not this engine's "
-                             f"{self.plan_path}")
-        if not Path(spec.onnx_path).exists():
-            raise FileNotFoundError(f"no ONNX graph at {spec.onnx_path}: run `t2vserve export`")
-        trt = _trt()
-        t0 = time.perf_counter()
-        logger = _logger(trt)
-        builder = trt.Builder(logger)
-        network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
-        parser = trt.OnnxParser(network, logger)
-        # from a file, so weights stored as external data next to the graph are found
-        if not parser.parse_from_file(str(spec.onnx_path)):
-            errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise RuntimeError(f"TensorRT could not parse {spec.onnx_path}:\n{errors}")
-
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-        names = {network.get_input(i).name for i in range(network.num_inputs)}
-        if names != set(spec.shapes):
-            raise ValueError(f"{spec.graph}: graph inputs {sorted(names)} but profile shapes for "
-                             f"{sorted(spec.shapes)}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    names = {network.get_input(i).name for i in range(network.num_inputs)}
+    for shapes in spec.profiles:
+        if names != set(shapes):
+            raise ValueError(f"{spec.graph}: graph inputs {sorted(names)} but profile shapes "
+                             f"for {sorted(shapes)}")
         opt_profile = builder.create_optimization_profile()
-        for name, (lo, opt, hi) in spec.shapes.items():
+        for name, (lo, opt, hi) in shapes.items():
             opt_profile.set_shape(name, lo, opt, hi)
         config.add_optimization_profile(opt_profile)
 
-        pinned = []
-        if spec.precision != "fp32":
-            flag = {"fp16": "FP16", "bf16": "BF16"}[spec.precision]
-            if not hasattr(trt.BuilderFlag, flag):
-                raise RuntimeError(f"TensorRT {trt.__version__} has no BuilderFlag.{flag} (weak "
-                                   "typing was removed in 11.x); build with TensorRT 10.x")
-            config.set_flag(getattr(trt.BuilderFlag, flag))
-            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-            pinned = pin_fp32_layers(trt, network, softmax=spec.fp32_softmax,
-                                     patterns=spec.fp32_patterns, fp32_inputs=spec.fp32_inputs)
+    pinned = []
+    if spec.precision != "fp32":
+        flag = {"fp16": "FP16", "bf16": "BF16"}[spec.precision]
+        if not hasattr(trt.BuilderFlag, flag):
+            raise RuntimeError(f"TensorRT {trt.__version__} has no BuilderFlag.{flag} (weak "
+                               "typing was removed in 11.x); build with TensorRT 10.x")
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        pinned = pin_fp32_layers(trt, network, softmax=spec.fp32_softmax,
+                                 patterns=spec.fp32_patterns, fp32_inputs=spec.fp32_inputs)
 
-        cache_path = Path(timing_cache_path) if timing_cache_path else None
-        cache_bytes = cache_path.read_bytes() if cache_path and cache_path.exists() else b""
-        cache = config.create_timing_cache(cache_bytes)
-        if not config.set_timing_cache(cache, ignore_mismatch=False):
-            # a cache from another GPU or TensorRT version: start an empty one
-            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    cache_path = Path(timing_cache_path) if timing_cache_path else None
+    cache_bytes = cache_path.read_bytes() if cache_path and cache_path.exists() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        # a cache from another GPU or TensorRT version: start an empty one
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
-        plan = builder.build_serialized_network(network, config)
-        if plan is None:
-            raise RuntimeError(f"TensorRT failed to build {spec.graph}; see its log above")
-        self.plan_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.plan_path, "wb") as f:
-            f.write(plan)  # IHostMemory is a buffer: no copy of a multi-GB plan
-        if cache_path:
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(cache_path, "wb") as f:
-                f.write(config.get_timing_cache().serialize())
-        return {"plan": self.plan_path.name, "precision": spec.precision,
-                "shapes": {n: [list(s) for s in trio] for n, trio in spec.shapes.items()},
-                "fp32_layers": len(pinned), "num_layers": network.num_layers,
-                "plan_bytes": self.plan_path.stat().st_size,
-                "build_s": round(time.perf_counter() - t0, 1)}
-
-    def load(self) -> "Engine":
-        if not self.plan_path.exists():
-            raise FileNotFoundError(f"no TensorRT plan at {self.plan_path}: run "
-                                    "`t2vserve export --format tensorrt --profile ...`")
-        trt = _trt()
-        import torch
-
-        if not torch.cuda.is_available():
-            raise RuntimeError("a TensorRT engine needs a CUDA device; torch sees none")
-        self._trt, self._torch = trt, torch
-        self._runtime = trt.Runtime(_logger(trt))
-        self.engine = self._runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
-        if self.engine is None:
-            raise RuntimeError(f"could not load {self.plan_path} (built by another TensorRT "
-                               "version or for another GPU?)")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
-        self.input_names = [n for n in names if is_input[n]]
-        self.output_names = [n for n in names if not is_input[n]]
-        table = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16,
-                 "INT8": torch.int8, "INT32": torch.int32, "INT64": torch.int64,
-                 "BOOL": torch.bool, "UINT8": torch.uint8}
-        by_enum = {getattr(trt.DataType, k): v for k, v in table.items()
-                   if hasattr(trt.DataType, k)}
-        self.dtypes = {n: by_enum[self.engine.get_tensor_dtype(n)] for n in names}
-        return self
-
-    def infer(self, feed: dict, device: str = "cuda") -> dict:
-        """Torch tensors in (any device/dtype: moved and cast), CUDA tensors out, on the
-        current stream; the caller synchronises (`.cpu()` does)."""
-        if self.context is None:
-            self.load()
-        torch, ctx = self._torch, self.context
-        missing = [n for n in self.input_names if n not in feed]
-        if missing:
-            raise KeyError(f"missing inputs {missing}; expected {self.input_names}")
-        keep = []  # inputs cast/copied here live until the call is queued; frees are stream-ordered
-        for name in self.input_names:
-            t = feed[name].to(device=device, dtype=self.dtypes[name]).contiguous()
-            if not ctx.set_input_shape(name, tuple(t.shape)):
-                lo, _, hi = (list(d) for d in self.engine.get_tensor_profile_shape(name, 0))
-                raise ValueError(f"{self.plan_path.stem}: input {name} shape {list(t.shape)} is "
-                                 f"outside the engine profile min {lo} max {hi}")
-            ctx.set_tensor_address(name, t.data_ptr())
-            keep.append(t)
-        outputs = {}
-        for name in self.output_names:
-            shape = tuple(ctx.get_tensor_shape(name))
-            if any(d < 0 for d in shape):
-                raise RuntimeError(f"{self.plan_path.stem}: output {name} shape {shape} unresolved")
-            outputs[name] = torch.empty(shape, dtype=self.dtypes[name], device=device)
-            ctx.set_tensor_address(name, outputs[name].data_ptr())
-        if not ctx.execute_async_v3(torch.cuda.current_stream().cuda_stream):
-            raise RuntimeError(f"{self.plan_path.stem}: execute_async_v3 failed; see the log")
-        return outputs
-
-    def __call__(self, *args):
-        """Positional in, tuple out, in graph order (the export wrappers' calling
-        convention)."""
-        out = self.infer(dict(zip(self.input_names, args)))
-        return tuple(out[n] for n in self.output_names)
-
-
-class TensorRTRunner:
-    """The Runner interface over one plan: torch tensors in, CUDA tensors out, on `device`
-    (the Triton instance's GPU; the plan is deserialised on the current CUDA device)."""
-
-    def __init__(self, plan_path: str | Path, input_names: list[str] | None = None,
-                 output_names: list[str] | None = None, device: str = "cuda"):
-        self.engine = Engine(plan_path).load()
-        self.device = self.engine._torch.device(device)
-        self.input_names = list(input_names or self.engine.input_names)
-        self.output_names = list(output_names or self.engine.output_names)
-        for given, actual, what in ((self.input_names, self.engine.input_names, "inputs"),
-                                    (self.output_names, self.engine.output_names, "outputs")):
-            if sorted(given) != sorted(actual):
-                raise ValueError(f"{plan_path}: {what} are {actual}, not {given}")
-
-    def run(self, inputs: dict) -> dict:
-        """Named torch tensors in, named CUDA tensors out (FP32 for floating outputs, cast on
-        the device). Inputs elsewhere are moved to the engine's device; `Engine.infer` binds
-        the tensors' device pointers, so nothing crosses to the host."""
-        from t2vserve.runners import device_of, to_device
-
-        torch = self.engine._torch
-        missing = [n for n in self.input_names if n not in inputs]
-        if missing:
-            raise KeyError(f"missing inputs {missing}; expected {self.input_names}")
-        device = device_of(self)
-        out = self.engine.infer({n: to_device(inputs[n], device) for n in self.input_names},
-                                device=device)
-        return {n: (out[n].float() if out[n].dtype in (torch.float16, torch.bfloat16)
-                    else out[n]) for n in self.output_names}
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise RuntimeError(f"TensorRT failed to build {spec.graph}; see its log above")
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(plan_path, "wb") as f:
+        f.write(plan)  # IHostMemory is a buffer: no copy of a multi-GB plan
+    if cache_path:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(cache_path, "wb") as f:
+            f.write(config.get_timing_cache().serialize())
+    return {"plan": plan_path.name, "precision": spec.precision,
+            "profiles": [{n: [list(s) for s in trio] for n, trio in shapes.items()}
+                         for shapes in spec.profiles],
+            "fp32_layers": len(pinned), "num_layers": network.num_layers,
+            "plan_bytes": plan_path.stat().st_size,
+            "build_s": round(time.perf_counter() - t0, 1)}
 
 
 def build_engines(profile, onnx_dir: str | Path, out_dir: str | Path, *, log=print,
@@ -436,8 +353,7 @@ def build_engines(profile, onnx_dir: str | Path, out_dir: str | Path, *, log=pri
     paths = ArtifactPaths.of(onnx_dir, out_dir)
     manifest = check_build_input(paths.onnx_dir)
     specs = engine_specs(profile, manifest, paths)
-    for w, h, f in limit_corners(profile):  # every size validation accepts must fit
-        check_request_fits(profile, w, h, f, manifest)
+    check_specs_cover(profile, specs, manifest)  # every size validation accepts must fit
     trt = _trt()
     import torch
 
@@ -445,8 +361,9 @@ def build_engines(profile, onnx_dir: str | Path, out_dir: str | Path, *, log=pri
         raise RuntimeError("building TensorRT engines needs a CUDA device; torch sees none")
     graphs = {}
     for spec in specs:
-        log(f"  building {spec.graph} ({spec.precision}) ...")
-        info = Engine(spec.plan_path).build(spec, paths.timing_cache, workspace_gb)
+        log(f"  building {spec.graph} ({spec.precision}, {len(spec.profiles)} optimisation "
+            f"profile(s)) ...")
+        info = build_plan(spec, paths.timing_cache, workspace_gb)
         log(f"  {spec.graph}: {info['build_s']} s, {info['plan_bytes'] / 2**20:.0f} MiB, "
             f"{info['fp32_layers']}/{info['num_layers']} layers pinned FP32")
         graphs[spec.graph] = info

@@ -23,7 +23,7 @@ from t2vserve.perf.roofline import (
 )
 from t2vserve.presets import get_preset
 from t2vserve.runners import to_host
-from t2vserve.torch_cuda import DTYPES, CudaTorchRunner, use_sdpa_attention
+from t2vserve.runners.torch_cuda import DTYPES, CudaTorchRunner, use_sdpa_attention
 
 SHAPES = {  # (width, height, frames)
     "tiny": ((128, 128, 17), (192, 128, 33)),

@@ -82,7 +82,8 @@ def make_runner(profile: Profile, component: str, graph: str, threads: int = 0,
         return _torch_runners(profile, component, threads, device)[graph]
     # tensorrt: plans from `t2vserve export --format tensorrt --profile P`; input/output
     # names are read from the plan, so they match the ONNX graph it was built from
-    from t2vserve.export.tensorrt_engine import ArtifactPaths, TensorRTRunner
+    from t2vserve.export.tensorrt_engine import ArtifactPaths
+    from t2vserve.runners.tensorrt import TensorRTRunner
 
     plan = ArtifactPaths.for_profile(profile).plan(graph)
     if not plan.exists():
@@ -107,7 +108,7 @@ def _torch_runners(profile: Profile, component: str, threads: int = 0,
         import torch
 
         from t2vserve.presets import build_component
-        from t2vserve.torch_cuda import DTYPES
+        from t2vserve.runners.torch_cuda import DTYPES
 
         if threads:
             torch.set_num_threads(threads)
@@ -153,7 +154,7 @@ def _on_device(profile: Profile, graph: str, runner, device: str = "cpu"):
     if device == "cpu":
         return runner
     spec = profile.data["components"][_COMPONENT[graph]]
-    from t2vserve.torch_cuda import CudaTorchRunner, use_sdpa_attention
+    from t2vserve.runners.torch_cuda import CudaTorchRunner, use_sdpa_attention
 
     if graph == "dit":
         # the export processor materialises L x L scores in half precision: 143 GB at 720p

@@ -13,7 +13,7 @@ from t2vserve.perf.bench_commands import register
 from t2vserve.perf.roofline import (
     dit_forward_flops, dit_tokens, text_encoder_flops, vae_decode_flops,
 )
-from t2vserve.torch_cuda import CudaTorchRunner, use_sdpa_attention
+from t2vserve.runners.torch_cuda import CudaTorchRunner, use_sdpa_attention
 
 DIT_IO = (["latents", "timestep", "prompt_embeds"], ["noise_pred"])
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),

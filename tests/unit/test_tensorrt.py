@@ -15,7 +15,8 @@ import torch
 
 from t2vserve.export.specs import DIT, TEXT_ENCODER
 from t2vserve.export.tensorrt_compare import TOLERANCES, compare_with_onnxruntime
-from t2vserve.export.tensorrt_engine import Engine, TensorRTRunner, build_engines
+from t2vserve.export.tensorrt_engine import build_engines
+from t2vserve.runners.tensorrt import Engine, TensorRTRunner
 from t2vserve.export.trt_profiles import COMPONENT, GRAPHS, optimisation_profiles
 from t2vserve.export.vae_chunked import cache_shapes
 from t2vserve.pipeline import decode_chunks, vae_runners

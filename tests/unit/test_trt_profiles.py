@@ -13,13 +13,15 @@ import numpy as np
 import pytest
 
 from t2vserve.export.tensorrt_compare import compare_runners
-from t2vserve.export.tensorrt_engine import ArtifactPaths, engine_specs
+from t2vserve.export.tensorrt_engine import ArtifactPaths, check_specs_cover, engine_specs
 from t2vserve.export.trt_profiles import (
     GRAPHS,
     evaluate,
     optimisation_profiles,
     preset_graphs,
+    request_shapes,
 )
+from t2vserve.runners.tensorrt import fits, select_profile
 from t2vserve.presets import get_preset
 from t2vserve.profile import Profile, load_profile
 
@@ -160,6 +162,42 @@ def test_engine_specs_take_precision_from_the_profile(tmp_path):
                                          r"supported by the TensorRT build; choose one of "
                                          r"bf16, fp32"):
         engine_specs(fp16_text, _manifest("wan2.2-ti2v-5b"), paths)
+
+
+@pytest.mark.parametrize("name, sizes", [("h100-480p", [(832, 480), (480, 832)]),
+                                         ("h100-720p", [(1280, 704), (704, 1280)])])
+def test_one_optimisation_profile_per_served_size(tmp_path, name, sizes):
+    """Each listed size gets its own profile (spatial min = max), so no engine holds memory
+    for the box between them; the text encoder's profiles do not depend on the size and are
+    merged. At run time each admitted size selects its own profile, and a size the ranges
+    alone would admit (the old 1280x1280 corner, a neighbour 32 px off) fits none."""
+    profile = _profile(name)
+    paths = ArtifactPaths.of(tmp_path / "onnx", tmp_path / "plans")
+    manifest = _manifest(profile.data["model"]["preset"])
+    specs = {s.graph: s for s in engine_specs(profile, manifest, paths)}
+    assert len(specs["text_encoder"].profiles) == 1
+    for graph in ("dit", "vae_decode_first", "vae_decode_step"):
+        assert len(specs[graph].profiles) == len(sizes), graph
+    check_specs_cover(profile, list(specs.values()), manifest)
+    lo_f, hi_f = profile.limits.num_frames
+    frames = [f for f in range(lo_f, hi_f + 1) if (f - 1) % 4 == 0]
+    for index, (w, h) in enumerate(sizes):
+        latents = specs["dit"].profiles[index]["latents"]
+        assert latents[0][3:] == latents[2][3:] == (h // 16, w // 16)  # exactly this size
+        for f in (frames[0], frames[-1]):
+            for graph, shapes in request_shapes(profile, w, h, f, manifest).items():
+                assert select_profile(list(specs[graph].profiles), shapes) == \
+                    (0 if graph == "text_encoder" else index), (graph, w, h, f)
+    w, h = sizes[0]
+    for refused in [(max(w, h), max(w, h)), (w + 32, h), (w, h - 32), (h + 32, w)]:
+        for graph in ("dit", "vae_decode_step"):
+            shapes = request_shapes(profile, *refused, frames[0], manifest)[graph]
+            assert not any(fits(p, shapes) for p in specs[graph].profiles), (graph, refused)
+            with pytest.raises(ValueError, match="outside every engine profile"):
+                select_profile(list(specs[graph].profiles), shapes)
+    # a profile without limits.sizes keeps one profile spanning its ranges
+    ranged = _edited(profile, lambda d: d["limits"].pop("sizes"))
+    assert all(len(s.profiles) == 1 for s in engine_specs(ranged, manifest, paths))
 
 
 def _onnx_scale(path: Path, scale: float) -> Path:
