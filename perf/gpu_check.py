@@ -7,7 +7,7 @@ repository; tritonserver with the transfer hook on (serve.transfers); one gRPC r
 planned size with host<->device bytes measured per stage; perf_analyzer at concurrency 1
 and 2 (perf.analyzer); memory per stage process. `--preset tiny --device cpu` runs the same
 phases on a CPU at tiny sizes, which is how the test suite keeps this script working.
-Writes <out-dir>/gpu-<device-slug>-<date>.json and .md.
+Writes <out-dir>/gpu-<device-slug>-<date>.json and .md (perf.gpu_check_report).
 """
 
 import contextlib
@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from t2vserve.perf.gpu_check_report import write_result
+from t2vserve.perf.stage_memory import memory_by_stage, stage_processes
 
 # What each preset's check serves and asks for. requests: (width, height, frames, steps);
 # the first size is also perf_analyzer's (the profile's defaults).
@@ -47,7 +49,6 @@ TOTAL_BUDGET_S = 540
 CONCURRENCY = (1, 2)
 PROMPTS = ("a red ceramic mug rotating slowly on a wooden table, studio light",
            "白色运动鞋在纯色背景上缓慢旋转，柔和灯光")
-STAGE_MODELS = ("t2v", "text_encoder", "dit", "vae_decoder", "video_encoder")
 
 
 def log(msg: str) -> None:
@@ -201,15 +202,16 @@ def write_artifacts(preset_name: str, folder: Path) -> dict:
 
 
 def profile_data(preset: str, device: str, artifacts: Path, ports: list[int]) -> dict:
-    """A deployment profile for the check: runtime torch for every network, on GPU 0
-    (KIND_GPU instances) or CPU; limits admit exactly the planned sizes."""
+    """A deployment profile for the check: runtime torch for every network, on the device's
+    GPU (KIND_GPU instances; "cuda" is GPU 0) or CPU; limits admit exactly the planned sizes."""
     import t2vserve.profiles
 
     plan = PLANS[preset]
     data = yaml.safe_load((Path(t2vserve.profiles.__file__).parent / "cpu-tiny.yaml").read_text())
     gpu = device != "cpu"
     precision = plan["gpu_precision"] if gpu else "fp32"
-    component = {"runtime": "torch", "precision": precision} | ({"gpus": [0]} if gpu else {})
+    gpu_id = int(device.partition(":")[2] or 0) if gpu else None
+    component = {"runtime": "torch", "precision": precision} | ({"gpus": [gpu_id]} if gpu else {})
     w, h, f, steps = plan["requests"][0]
     http, grpc, metrics, supervisor = ports
     data.update({
@@ -243,84 +245,10 @@ def profile_data(preset: str, device: str, artifacts: Path, ports: list[int]) ->
     return data
 
 
-# ---- phase: memory per stage process -----------------------------------------------------
-
-def stage_processes(server_pid: int) -> dict[int, str]:
-    """pid -> Triton model name of each Python-backend stub the server started (read from
-    the stub's command line, which names the model's model.py)."""
-    out = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid != server_pid:
-                continue
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue
-        for a in args:
-            parts = Path(a.decode("utf-8", "replace")).parts
-            if len(parts) >= 3 and parts[-1] == "model.py" and parts[-3] in STAGE_MODELS:
-                out[int(entry.name)] = parts[-3]
-                break
-    return out
-
-
-def _rss_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return None
-
-
-def memory_by_stage(server_pid: int, device: str) -> dict:
-    """GPU memory (nvidia-smi, per compute process) and host RSS of each stage process."""
-    stubs = stage_processes(server_pid)
-    per_model: dict[str, dict] = {}
-    for pid, model in sorted(stubs.items()):
-        m = per_model.setdefault(model, {"pids": [], "host_rss_mib": 0.0, "gpu_mib": None})
-        m["pids"].append(pid)
-        m["host_rss_mib"] = round(m["host_rss_mib"] + (_rss_mib(pid) or 0.0), 1)
-    result: dict[str, Any] = {"stage_processes": per_model, "gpu": None}
-    if device == "cpu":
-        result["gpu"] = "no GPU: the check ran with --device cpu"
-        return result
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
-                              "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=20, check=True).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        result["gpu"] = f"nvidia-smi failed: {exc}"
-        return result
-    rows, unreadable = [], []
-    for line in filter(str.strip, out.splitlines()):
-        try:
-            pid_text, mib_text = line.split(",")
-            rows.append((int(pid_text), float(mib_text)))
-        except ValueError:  # e.g. "[N/A]" where the driver does not report it
-            unreadable.append(line.strip())
-    unmapped: list[dict] = []
-    for pid, mib in rows:
-        owner = stubs.get(pid)
-        if owner is None:
-            unmapped.append({"pid": pid, "used_mib": mib})
-            continue
-        m = per_model[owner]
-        m["gpu_mib"] = (m["gpu_mib"] or 0.0) + mib
-    result["gpu"] = {"nvidia_smi_rows": len(rows), "unmapped": unmapped, "unreadable": unreadable,
-                     "note": "used_memory per compute process; pids that do not match a stub "
-                             "(a container's own pid namespace) are listed as unmapped"}
-    return result
-
-
 # ---- phase: requests with transfers measured -------------------------------------------
 
 def measured_request(client, transfer_dir: Path, prompt: str, w: int, h: int, f: int,
-                     steps: int, seed: int) -> dict:
+                     steps: int, seed: int, timeout: float | None = None) -> dict:
     from t2vserve.media import decode_mp4
     from t2vserve.serve import transfers
 
@@ -330,7 +258,7 @@ def measured_request(client, transfer_dir: Path, prompt: str, w: int, h: int, f:
     t0 = time.perf_counter()
     try:
         video = client.generate(prompt, width=w, height=h, num_frames=f, steps=steps,
-                                seed=seed, guidance_scale=5.0)
+                                seed=seed, guidance_scale=5.0, timeout=timeout)
     finally:
         (transfer_dir / transfers.MARKER).unlink()
     wall = time.perf_counter() - t0
@@ -375,6 +303,11 @@ def run_check(preset: str = "wan2.2-ti2v-5b", device: str = "cuda", out_dir: str
     scale = budget_s / TOTAL_BUDGET_S
     phases = Phases({k: v * scale for k, v in PHASE_BUDGET_S.items()})
     t_start = time.perf_counter()
+
+    def left() -> float:
+        # every blocking call waits at most to the end of the budget (and 30 s at least), so
+        # a hung request still leaves time to write the result
+        return max(30.0, budget_s - (time.perf_counter() - t_start))
     created = dt.datetime.now(dt.timezone.utc)
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="t2vserve-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -446,7 +379,7 @@ def run_check(preset: str = "wan2.2-ti2v-5b", device: str = "cuda", out_dir: str
                 else:
                     os.environ[transfers.ENV] = previous
             try:
-                wait_ready(cfg, proc, timeout_s=max(60.0, phases.budgets["server_load"] * 2))
+                wait_ready(cfg, proc, timeout_s=min(left(), phases.budgets["server_load"] * 2))
             except Exception as exc:
                 raise RuntimeError(f"{exc}\n--- server log tail ---\n"
                                    f"{server_log.read_bytes()[-3000:].decode('utf-8', 'replace')}")
@@ -454,29 +387,38 @@ def run_check(preset: str = "wan2.2-ti2v-5b", device: str = "cuda", out_dir: str
             result["phases"]["server_load"] = {"url": url, "stage_processes": {
                 str(pid): m for pid, m in sorted(stage_processes(proc.pid).items())}}
             result["phases"]["memory_after_load"] = memory_by_stage(proc.pid, device)
-        with phases.run("requests"):
+        with phases.run("requests", fatal=False):  # a failed request does not stop the rest
             from t2vserve.client import T2VClient
 
-            rows = []
+            rows = result["phases"]["requests"] = []
             with T2VClient(url) as client:
                 for i, (w, h, f, steps) in enumerate(plan["requests"]):
                     log(f"  request {w}x{h}x{f}, {steps} steps (transfers profiled)")
-                    row = measured_request(client, transfer_dir, PROMPTS[i % len(PROMPTS)],
-                                           w, h, f, steps, seed=7 + i)
-                    log(f"  -> {row['decoded']['frames']} frames, {row['wall_s']} s, bytes "
-                        + ", ".join(f"{m}: {v['HtoD']}/{v['DtoH']} HtoD/DtoH"
-                                    for m, v in sorted(row["transfer_bytes"].items())))
+                    try:
+                        row = measured_request(client, transfer_dir, PROMPTS[i % len(PROMPTS)],
+                                               w, h, f, steps, seed=7 + i, timeout=left())
+                    except Exception as exc:
+                        row = {"width": w, "height": h, "num_frames": f, "steps": steps,
+                               "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                        log(f"  -> FAILED: {row['error']}")
+                    else:
+                        log(f"  -> {row['decoded']['frames']} frames, {row['wall_s']} s, bytes "
+                            + ", ".join(f"{m}: {v['HtoD']}/{v['DtoH']} HtoD/DtoH"
+                                        for m, v in sorted(row["transfer_bytes"].items())))
                     rows.append(row)
-            result["phases"]["requests"] = rows
-        with phases.run("perf_analyzer"):
-            result["phases"]["perf_analyzer"] = run_perf_analyzer(profile, url, work / "perf")
+            failed = [f"{r['width']}x{r['height']}x{r['num_frames']}" for r in rows if not r["ok"]]
+            if failed:
+                raise RuntimeError(f"request(s) {', '.join(failed)} failed")
+        with phases.run("perf_analyzer", fatal=False):
+            result["phases"]["perf_analyzer"] = run_perf_analyzer(profile, url, work / "perf",
+                                                                  left)
         with phases.run("memory_and_stop"):
             from t2vserve.serve.server import stop
 
             result["phases"]["memory_after_requests"] = memory_by_stage(proc.pid, device)
             if device == "cpu":
                 result["skipped"]["gpu_memory"] = "no GPU: the check ran with --device cpu"
-            stop(proc)
+            stop(proc, timeout_s=30)
             proc = None
     except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
@@ -485,9 +427,10 @@ def run_check(preset: str = "wan2.2-ti2v-5b", device: str = "cuda", out_dir: str
         if proc is not None:
             from t2vserve.serve.server import stop
 
-            stop(proc)
+            stop(proc, timeout_s=30)
         total = round(time.perf_counter() - t_start, 1)
         over = phases.over()
+        result["failed_phases"] = {p.name: p.error for p in phases.done if not p.ok}
         result["timing"] = {"total_s": total, "budget_s": budget_s,
                             "within_budget": total <= budget_s and not over,
                             "over": over, "phases": [asdict(p) for p in phases.done]}
@@ -502,7 +445,7 @@ def run_check(preset: str = "wan2.2-ti2v-5b", device: str = "cuda", out_dir: str
     return result, write_result(result, out_dir)
 
 
-def run_perf_analyzer(profile, url: str, work: Path) -> dict:
+def run_perf_analyzer(profile, url: str, work: Path, left=lambda: 600.0) -> dict:
     from t2vserve.perf import analyzer
     from t2vserve.perf.run import batching, model_statistics
 
@@ -512,7 +455,7 @@ def run_perf_analyzer(profile, url: str, work: Path) -> dict:
         before = model_statistics(url)
         t0 = time.perf_counter()
         level = analyzer.measure(url, data, work, concurrency=c, requests_per_window=2,
-                                 max_trials=3, timeout_s=300)
+                                 max_trials=3, timeout_s=left())
         row = asdict(level)
         row["wall_s"] = round(time.perf_counter() - t0, 1)
         row["batching"] = batching(before, model_statistics(url))
@@ -527,88 +470,3 @@ def run_perf_analyzer(profile, url: str, work: Path) -> dict:
 def _mkdir(p: Path) -> Path:
     p.mkdir(parents=True, exist_ok=True)
     return p
-
-
-# ---- output --------------------------------------------------------------------------------
-
-def result_path(result: dict, out_dir: str | Path) -> Path:
-    from t2vserve.perf.bench_gpu import device_slug
-
-    return Path(out_dir) / f"gpu-{device_slug(result.get('device') or 'unknown')}-" \
-                           f"{result['created'][:10]}.json"
-
-
-def write_result(result: dict, out_dir: str | Path) -> Path:
-    path = result_path(result, out_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1, ensure_ascii=False, default=str) + "\n")
-    path.with_suffix(".md").write_text(markdown(result))
-    return path
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:,.1f}"
-
-
-def markdown(r: dict) -> str:
-    ph = r["phases"]
-    t = r["timing"]
-    lines = [f"# gpu-check: {r['preset']} on {r.get('device_label') or r.get('device')}", "",
-             f"{r['created']}; torch {r.get('versions', {}).get('torch')}; total "
-             f"{t['total_s']:.0f} s of a {t['budget_s']:.0f} s budget"
-             + ("" if t["within_budget"] else " (**over**: " + "; ".join(t["over"] or
-                                                                     ["total"]) + ")") + "."]
-    if r.get("error"):
-        lines += ["", f"**Stopped early**: {r['error']}"]
-    if "mfu" in ph:
-        m = ph["mfu"]
-        lines += ["", f"DiT forward ({m['dtype']}, batch 2), measured matmul peak "
-                      f"{m['peak_tflops']['measured']:,.1f} TFLOP/s:", "",
-                  "| size | tokens | ms | TFLOP/s | MFU meas. | MFU sheet |",
-                  "|---|---:|---:|---:|---:|---:|"]
-        for d in m["dit"]:
-            sheet = d.get("mfu_datasheet")
-            lines.append(f"| {d['width']}x{d['height']}x{d['frames']} | {d['tokens']:,} | "
-                         f"{d['latency_ms']:,.1f} | {d['tflops']:,.2f} | {d['mfu_measured']:.1%} | "
-                         f"{'-' if sheet is None else format(sheet, '.1%')} |")
-    if "requests" in ph:
-        lines += ["", "Requests over gRPC (host<->device MiB per request, HtoD / DtoH, measured "
-                      "with torch.profiler in each stage process):", "",
-                  "| request | ok | s | " + " | ".join(STAGE_MODELS) + " |",
-                  "|---|---|---:|" + "---:|" * len(STAGE_MODELS)]
-        for q in ph["requests"]:
-            cells = []
-            for m in STAGE_MODELS:
-                b = q["transfer_bytes"].get(m)
-                cells.append("-" if b is None else f"{_mib(b['HtoD'])} / {_mib(b['DtoH'])}")
-            lines.append(f"| {q['width']}x{q['height']}x{q['num_frames']}, {q['steps']} steps | "
-                         f"{'yes' if q['ok'] else 'NO'} | {q['wall_s']:.1f} | " + " | ".join(cells) + " |")
-    if "perf_analyzer" in ph:
-        p = ph["perf_analyzer"]
-        w = p["workload"]
-        lines += ["", f"perf_analyzer, {w['width']}x{w['height']}x{w['num_frames']}, "
-                      f"{w['steps']} steps:", "", "| concurrency | videos/s | p50 ms | p95 ms |",
-                  "|---:|---:|---:|---:|"]
-        for lv in p["levels"]:
-            lines.append(f"| {lv['concurrency']} | {lv['throughput']:.3f} | "
-                         f"{lv['latency_ms']['p50']:,.0f} | {lv['latency_ms']['p95']:,.0f} |")
-    mem = ph.get("memory_after_requests") or ph.get("memory_after_load")
-    if mem:
-        # torch's own count in each stage process, from the profiled requests (no CUDA
-        # context; it still holds where nvidia-smi's pids do not match a container's)
-        torch_mib: dict[str, float] = {}
-        for q in ph.get("requests", []):
-            for model, b in q["transfer_bytes"].items():
-                if "cuda_max_allocated_mib" in b:
-                    torch_mib[model] = max(torch_mib.get(model, 0.0), b["cuda_max_allocated_mib"])
-        lines += ["", "Memory per stage process (after the requests):", "",
-                  "| model | processes | GPU MiB (nvidia-smi) | torch max allocated MiB "
-                  "| host RSS MiB |", "|---|---:|---:|---:|---:|"]
-        for model, m in sorted(mem["stage_processes"].items()):
-            gpu = m["gpu_mib"] if m["gpu_mib"] is not None else \
-                ("no GPU" if isinstance(mem["gpu"], str) else "-")
-            lines.append(f"| {model} | {len(m['pids'])} | {gpu} | "
-                         f"{torch_mib.get(model, '-')} | {m['host_rss_mib']:,.0f} |")
-    if r["skipped"]:
-        lines += ["", "Skipped:"] + [f"- {k}: {v}" for k, v in r["skipped"].items()]
-    return "\n".join(lines) + "\n"

@@ -246,13 +246,14 @@ def _demo(args) -> int:
 
 
 def _gpu_check(args) -> int:
-    from t2vserve.perf.gpu_check import markdown, run_check
+    from t2vserve.perf.gpu_check import run_check
+    from t2vserve.perf.gpu_check_report import markdown
 
     result, path = run_check(preset=args.preset, device=args.device, out_dir=args.out_dir,
                              work_dir=args.work_dir, keep=args.keep, budget_s=args.budget_s)
     print(markdown(result))
     print(f"wrote {path} (+ .md summary)")
-    if result.get("error"):
+    if result.get("error") or result["failed_phases"]:
         return 1
     return 0 if result["timing"]["within_budget"] else 1
 

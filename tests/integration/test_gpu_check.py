@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from t2vserve.perf.gpu_check import CONCURRENCY, PHASE_BUDGET_S, PLANS, STAGE_MODELS
+from t2vserve.perf.gpu_check import CONCURRENCY, PHASE_BUDGET_S, PLANS
+from t2vserve.perf.gpu_check_report import STAGE_MODELS
 
 PHASES = tuple(PHASE_BUDGET_S)
 
@@ -27,6 +28,7 @@ def check(tmp_path_factory):
 def test_every_phase_ran_and_the_command_succeeded(check):
     proc, result, _ = check
     assert "error" not in result, result["error"]
+    assert result["failed_phases"] == {}
     assert [p["name"] for p in result["timing"]["phases"]] == list(PHASES)
     assert all(p["ok"] for p in result["timing"]["phases"]), result["timing"]["phases"]
     assert proc.returncode == 0, proc.stderr[-3000:]

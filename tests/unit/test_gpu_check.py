@@ -43,3 +43,21 @@ def test_profile_admits_exactly_the_planned_requests(tmp_path, preset, device):
             profile.defaults["num_frames"], profile.defaults["steps"]) == (w, h, f, steps)
     assert profile.limits.largest_clip()[2] == max(f for *_, f, _ in PLANS[preset]["requests"])
     assert profile.model("t2v")["instances"] >= 2  # concurrency 2 runs two loops at once
+
+
+def test_nvidia_smi_compute_apps_rows_and_unreadable_ones():
+    from t2vserve.perf.stage_memory import compute_apps
+
+    rows, unreadable = compute_apps("4242, 10240\n4243, [N/A]\n\n17, 512\n")
+    assert rows == [(4242, 10240.0), (17, 512.0)]
+    assert unreadable == ["4243, [N/A]"]
+
+
+def test_stage_processes_of_a_process_without_stubs_is_empty():
+    import os
+
+    from t2vserve.perf.stage_memory import memory_by_stage, stage_processes
+
+    assert stage_processes(os.getpid()) == {}
+    mem = memory_by_stage(os.getpid(), "cpu")
+    assert mem == {"stage_processes": {}, "gpu": "no GPU: the check ran with --device cpu"}
