@@ -90,6 +90,11 @@ def markdown(r: dict) -> str:
                 ("no GPU" if isinstance(mem["gpu"], str) else "-")
             lines.append(f"| {model} | {len(m['pids'])} | {gpu} | "
                          f"{torch_mib.get(model, '-')} | {m['host_rss_mib']:,.0f} |")
+    warnings = sorted({f"{model}: {w}" for q in ph.get("requests", [])
+                       for model, b in q.get("transfer_bytes", {}).items()
+                       for w in b.get("warnings", [])})
+    if warnings:
+        lines += ["", "Transfer measurement warnings:"] + [f"- {w}" for w in warnings]
     if r["skipped"]:
         lines += ["", "Skipped:"] + [f"- {k}: {v}" for k, v in r["skipped"].items()]
     return "\n".join(lines) + "\n"

@@ -30,10 +30,16 @@ def memcpy_bytes(trace: dict) -> dict:
     """Bytes per direction summed over a Chrome trace's `gpu_memcpy` events (what
     torch.profiler's export_chrome_trace writes: name "Memcpy HtoD (Pageable -> Device)",
     args.bytes). Directions other than HtoD/DtoH/DtoD (e.g. PtoP) are counted under their own
-    name; events of other categories are ignored."""
-    out = dict.fromkeys(DIRECTIONS, 0) | {"memcpy_events": 0}
+    name; events of other categories are ignored. `gpu_events` counts every device-side
+    event (kernels, copies, memsets): none at all under CUDA activity means the profiler saw
+    nothing of the device (no CUPTI), not that nothing moved."""
+    out = dict.fromkeys(DIRECTIONS, 0) | {"memcpy_events": 0, "gpu_events": 0}
     for event in trace.get("traceEvents", []):
-        if event.get("cat") != "gpu_memcpy" or event.get("ph") != "X":
+        if event.get("ph") != "X":
+            continue
+        if event.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset"):
+            out["gpu_events"] += 1
+        if event.get("cat") != "gpu_memcpy":
             continue
         words = str(event.get("name", "")).split()
         direction = words[1] if len(words) > 1 and words[0] == "Memcpy" else "other"
@@ -67,6 +73,11 @@ def _profiled(folder: Path, model: str, requests: int):
         path = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(path))
         counted = memcpy_bytes(json.loads(path.read_text()))
+    if cuda and counted["gpu_events"] == 0:
+        counted["warning"] = "CUDA activity was requested but the trace holds no device events"
+    elif not cuda and _cuda_in_use():
+        counted["warning"] = ("this execute initialised CUDA, so its device copies were not "
+                              "profiled: measure a request after a warm-up one")
     line = {"model": model, "pid": os.getpid(), "requests": requests,
             "device": f"cuda:{torch.cuda.current_device()}" if cuda else "cpu",
             "profiled": "CPU and CUDA activity" if cuda else
@@ -104,6 +115,9 @@ def per_model(records: list[dict]) -> dict:
         m = out.setdefault(r["model"], {"executes": 0, "requests": 0, "device": r["device"],
                                         "pids": [], **dict.fromkeys(DIRECTIONS, 0)})
         m["executes"] += 1
+        m["gpu_events"] = m.get("gpu_events", 0) + r.get("gpu_events", 0)
+        if r.get("warning") and r["warning"] not in m.setdefault("warnings", []):
+            m["warnings"].append(r["warning"])
         m["requests"] += r["requests"]
         if r["pid"] not in m["pids"]:
             m["pids"].append(r["pid"])

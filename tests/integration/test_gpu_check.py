@@ -66,6 +66,7 @@ def test_transfer_bytes_were_measured_in_every_stage_process(check):
             assert b["executes"] >= 1 and b["requests"] >= 1
             # no device here: the profiler saw no copies, a measured zero
             assert b["device"] == "cpu" and b["HtoD"] == b["DtoH"] == b["DtoD"] == 0
+            assert "warnings" not in b, b["warnings"]
         assert by_model["dit"]["requests"] == r["steps"]  # one dit request per step
 
 

@@ -29,12 +29,13 @@ TRACE = {"traceEvents": [
 
 def test_memcpy_bytes_sums_each_direction_of_copy_events_only():
     got = transfers.memcpy_bytes(TRACE)
-    assert got == {"HtoD": 4196, "DtoH": 2048, "DtoD": 512, "PtoP": 64, "memcpy_events": 5}
+    assert got == {"HtoD": 4196, "DtoH": 2048, "DtoD": 512, "PtoP": 64, "memcpy_events": 5,
+                   "gpu_events": 7}  # the copies, the memset and the kernel
 
 
 def test_memcpy_bytes_of_a_trace_without_copies_is_zero():
     assert transfers.memcpy_bytes({"traceEvents": [{"ph": "X", "cat": "cpu_op"}]}) == \
-        {"HtoD": 0, "DtoH": 0, "DtoD": 0, "memcpy_events": 0}
+        {"HtoD": 0, "DtoH": 0, "DtoD": 0, "memcpy_events": 0, "gpu_events": 0}
 
 
 def test_record_is_off_without_env_or_marker(tmp_path, monkeypatch):
