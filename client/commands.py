@@ -28,7 +28,7 @@ def _generate(args) -> int:
         prompt = args.prompt
     kwargs = dict(width=args.width, height=args.height, fps=args.fps, steps=args.steps,
                   guidance_scale=args.guidance_scale, seed=seed,
-                  negative_prompt=args.negative_prompt)
+                  negative_prompt=args.negative_prompt, model_variant=args.variant)
     if args.duration is not None:
         kwargs["duration"] = args.duration
         kwargs["fps"] = args.fps or 24
@@ -79,6 +79,8 @@ def register(sub) -> None:
     p.add_argument("--guidance-scale", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--negative-prompt")
+    p.add_argument("--variant", help="one of the server profile's model variants "
+                   "(default: its first), e.g. a few-step or step-cached one")
     p.add_argument("--timeout", type=float, help="client deadline in seconds")
     p.add_argument("--priority", type=int, default=0, help="Triton priority (1 is highest)")
     p.set_defaults(func=_generate)

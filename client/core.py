@@ -154,9 +154,9 @@ def _check_types(params: dict[str, Any]) -> None:
     for name, value in params.items():
         if value is None:
             continue
-        if name == "negative_prompt":
+        if name in ("negative_prompt", "model_variant"):
             if not isinstance(value, str):
-                raise _invalid(f"negative_prompt must be a str, got {type(value).__name__}")
+                raise _invalid(f"{name} must be a str, got {type(value).__name__}")
         elif name == "guidance_scale":  # NaN and inf travel as FP32; the server refuses them
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise _invalid(f"guidance_scale must be a number, got {value!r}")
@@ -175,19 +175,23 @@ def request_params(*, width: int | None = None, height: int | None = None,
                    duration: float | None = None, num_frames: int | None = None,
                    fps: int | None = None, steps: int | None = None,
                    guidance_scale: float | None = None, seed: int | None = None,
-                   negative_prompt: str | None = None) -> dict[str, Any]:
+                   negative_prompt: str | None = None,
+                   model_variant: str | None = None) -> dict[str, Any]:
     """The `t2v` inputs for a request (None: the server's profile default)."""
     _check_types(dict(width=width, height=height, duration=duration, num_frames=num_frames,
                       fps=fps, steps=steps, guidance_scale=guidance_scale, seed=seed,
-                      negative_prompt=negative_prompt))
+                      negative_prompt=negative_prompt, model_variant=model_variant))
     if duration is not None and num_frames is not None:
         raise _invalid("give duration or num_frames, not both")
     if duration is not None:
         if fps is None:
             raise _invalid("duration needs fps (frames = nearest 4k+1 to duration x fps)")
         num_frames = frames_for(duration, fps)
-    return dict(width=width, height=height, num_frames=num_frames, fps=fps, steps=steps,
-                guidance_scale=guidance_scale, seed=seed, negative_prompt=negative_prompt)
+    params = dict(width=width, height=height, num_frames=num_frames, fps=fps, steps=steps,
+                  guidance_scale=guidance_scale, seed=seed, negative_prompt=negative_prompt)
+    if model_variant is not None:  # absent from the id of a request that does not name one
+        params["model_variant"] = model_variant
+    return params
 
 
 def idempotency_key(prompt: str, params: dict[str, Any]) -> str:
@@ -215,6 +219,9 @@ def build_inputs(grpcclient: Any, prompt: str, params: dict[str, Any]) -> list[A
         inputs.append(tensor("guidance_scale", np.array([params["guidance_scale"]], np.float32), "FP32"))
     if params.get("seed") is not None:
         inputs.append(tensor("seed", np.array([params["seed"]], dtype=np.int64), "INT64"))
+    if params.get("model_variant") is not None:
+        inputs.append(tensor("model_variant", np.array(
+            [params["model_variant"].encode("utf-8")], dtype=np.object_), "BYTES"))
     return inputs
 
 
@@ -270,14 +277,16 @@ class T2VClient(_Base):
                  duration: float | None = None, num_frames: int | None = None,
                  fps: int | None = None, steps: int | None = None,
                  guidance_scale: float | None = None, seed: int | None = None,
-                 negative_prompt: str | None = None, priority: int = 0,
-                 timeout: float | None = None, request_id: str | None = None) -> Video:
+                 negative_prompt: str | None = None, model_variant: str | None = None,
+                 priority: int = 0, timeout: float | None = None,
+                 request_id: str | None = None) -> Video:
         """Generate one clip and wait for it.
 
         prompt: the text, Chinese or English. width, height: pixels, multiples of 32.
         duration (seconds, with fps) or num_frames (4k+1). fps: frames per second.
         steps: denoising steps. guidance_scale: classifier-free guidance (1 = off).
         seed: same seed and inputs, same video. negative_prompt: what to avoid.
+        model_variant: one of the server profile's model variants (its first by default).
         Left as None, a parameter takes the server profile's default.
         priority: Triton queue priority (1 is the highest). timeout: the whole call's
         deadline in seconds, retries included. request_id: defaults to a hash of the
@@ -291,7 +300,7 @@ class T2VClient(_Base):
         inputs, outputs, rid = self._prepare(prompt, request_id, dict(
             width=width, height=height, duration=duration, num_frames=num_frames, fps=fps,
             steps=steps, guidance_scale=guidance_scale, seed=seed,
-            negative_prompt=negative_prompt))
+            negative_prompt=negative_prompt, model_variant=model_variant))
         deadline = None if timeout is None else time.monotonic() + timeout
         for attempt in range(self.retry.attempts):
             left = None if deadline is None else max(deadline - time.monotonic(), 1e-3)
@@ -328,15 +337,15 @@ class AsyncT2VClient(_Base):
                        num_frames: int | None = None, fps: int | None = None,
                        steps: int | None = None, guidance_scale: float | None = None,
                        seed: int | None = None, negative_prompt: str | None = None,
-                       priority: int = 0, timeout: float | None = None,
-                       request_id: str | None = None) -> Video:
+                       model_variant: str | None = None, priority: int = 0,
+                       timeout: float | None = None, request_id: str | None = None) -> Video:
         """As T2VClient.generate, awaited."""
         from tritonclient.utils import InferenceServerException
 
         inputs, outputs, rid = self._prepare(prompt, request_id, dict(
             width=width, height=height, duration=duration, num_frames=num_frames, fps=fps,
             steps=steps, guidance_scale=guidance_scale, seed=seed,
-            negative_prompt=negative_prompt))
+            negative_prompt=negative_prompt, model_variant=model_variant))
         deadline = None if timeout is None else time.monotonic() + timeout
         for attempt in range(self.retry.attempts):
             left = None if deadline is None else max(deadline - time.monotonic(), 1e-3)

@@ -18,6 +18,7 @@ from t2vserve.presets import Preset, get_preset
 from t2vserve.runners import (
     OnnxRuntimeRunner, Runner, TorchRunner, device_of, to_device, to_host,
 )
+from t2vserve.sampling import Sampling
 from t2vserve.schedulers import make_scheduler
 from t2vserve.schema import GenerationRequest
 
@@ -89,22 +90,47 @@ def predict(dit: Runner, latents: torch.Tensor, t: float, embeds: torch.Tensor,
 
 def denoise_loop(dit: Runner, latents, embeds, steps: int,
                  guidance: float, *, scheduler: str = "unipc", shift: float = 5.0,
-                 callback=None) -> torch.Tensor:
+                 callback=None, sampling: Sampling | None = None, stats: dict | None = None,
+                 on_prediction=None) -> torch.Tensor:
     """The flow-matching loop, on the DiT runner's device from start to end: the latents,
     the embeddings, the guidance and the scheduler's float64 maths all stay there, so a GPU
     loop moves nothing to the host between steps. `embeds` is (2, L, D) [cond, uncond] with
     guidance, else (1, L, D); `latents` the initial noise (tensor or array). Returns the
-    final latents on that device. `callback(i, t, latents)` runs after each step (progress,
-    cancellation)."""
-    sched = make_scheduler(scheduler, shift=shift)
+    final latents on that device.
+
+    `sampling` (a variant's, `t2vserve.sampling`): few-step mode steps over its fixed sigmas;
+    a guidance interval runs the conditional pass alone outside it; a step cache reuses the
+    previous prediction, scaled by the calibrated magnitude ratio, where it judges the change
+    small. `stats` (a dict) gets what was spent: DiT calls, forwards (batch rows), the
+    timesteps and the steps served from the cache. `callback(i, t, latents)` runs after each
+    step (progress, cancellation); `on_prediction(i, t, noise_pred)` sees each step's
+    (guided) prediction (calibration)."""
+    sampling = sampling or Sampling()
+    sched = make_scheduler(scheduler, shift=shift, sigmas=sampling.sigmas)
     sched.set_timesteps(steps)
     device = device_of(dit)
     embeds, latents = to_device(embeds, device), to_device(latents, device)
+    cache = sampling.cache.state() if sampling.cache else None
+    calls = forwards = 0
+    last = t_prev = None
     for i, t in enumerate(sched.timesteps):
-        noise_pred = to_device(predict(dit, latents, float(t), embeds, guidance), device)
+        ratio = cache.reuse(i, steps, t_prev, float(t)) if cache is not None else None
+        if ratio is not None:
+            noise_pred = last * ratio
+        else:
+            pair = embeds if sampling.cfg_at(i, steps) else embeds[:1]
+            noise_pred = to_device(predict(dit, latents, float(t), pair, guidance), device)
+            calls, forwards = calls + 1, forwards + pair.shape[0]
+        if on_prediction is not None:
+            on_prediction(i, float(t), noise_pred)
+        last, t_prev = noise_pred, float(t)
         latents = sched.step(noise_pred, t, latents)
         if callback is not None:
             callback(i, t, latents)
+    if stats is not None:
+        stats.update(dit_calls=calls, dit_forwards=forwards,
+                     timesteps=[round(float(t), 3) for t in sched.timesteps],
+                     cached_steps=list(cache.skipped) if cache is not None else [])
     return latents
 
 
@@ -169,6 +195,7 @@ class Pipeline:
     latents_mean: np.ndarray
     latents_std: np.ndarray
     scheduler: str = "unipc"
+    sampling: Sampling | None = None  # a variant's (t2vserve.sampling); None = base
 
     # 1. text
     def tokenize(self, prompts: list[str]) -> dict[str, np.ndarray]:
@@ -182,10 +209,10 @@ class Pipeline:
 
     # 2-3. the denoising loop
     def denoise(self, latents, embeds, steps: int, guidance: float,
-                callback=None) -> torch.Tensor:
+                callback=None, stats: dict | None = None) -> torch.Tensor:
         return denoise_loop(self.dit, latents, embeds, steps, guidance,
                             scheduler=self.scheduler, shift=self.preset.flow_shift,
-                            callback=callback)
+                            callback=callback, sampling=self.sampling, stats=stats)
 
     # 4. de-normalise and decode, one latent frame at a time, on the VAE's device
     def decode(self, latents) -> torch.Tensor:
@@ -193,14 +220,16 @@ class Pipeline:
         return decode_frames(self.vae_decode_first, self.vae_decode_step, latents,
                              self.latents_mean, self.latents_std)
 
-    def generate(self, request: GenerationRequest, callback=None) -> np.ndarray:
-        """One request -> uint8 frames (F, H, W, 3)."""
+    def generate(self, request: GenerationRequest, callback=None,
+                 stats: dict | None = None) -> np.ndarray:
+        """One request -> uint8 frames (F, H, W, 3); `stats` gets what the loop spent."""
         do_cfg = request.guidance_scale > 1.0  # as WanPipeline: no unconditional pass at 1
         prompts = [request.prompt] + ([request.negative_prompt] if do_cfg else [])
         embeds = self.encode(prompts)
         shape = latent_shape(self.preset, request.width, request.height, request.num_frames)
         latents = initial_noise(shape, request.seed)
-        latents = self.denoise(latents, embeds, request.steps, request.guidance_scale, callback)
+        latents = self.denoise(latents, embeds, request.steps, request.guidance_scale, callback,
+                               stats)
         return to_host(self.decode(latents))[0]
 
     # construction

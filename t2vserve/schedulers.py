@@ -85,9 +85,22 @@ def _out(x: torch.Tensor, like) -> torch.Tensor | np.ndarray:
 
 
 class FlowEulerScheduler(_FlowScheduler):
-    """First-order Euler step on the flow ODE, matching FlowMatchEulerDiscreteScheduler(shift=shift)."""
+    """First-order Euler step on the flow ODE, matching FlowMatchEulerDiscreteScheduler(shift=shift).
+
+    With `sigmas` (s_0 > ... > s_{n-1} > 0, then 0) it steps over exactly that list instead,
+    as a few-step distilled model is trained to (timestep = sigma * num_train_timesteps)."""
+
+    def __init__(self, num_train_timesteps: int = 1000, shift: float = 5.0,
+                 sigmas: tuple[float, ...] | None = None):
+        super().__init__(num_train_timesteps, shift)
+        self.fixed = None if sigmas is None else np.asarray(sigmas, np.float32)
 
     def _schedule(self, n):
+        if self.fixed is not None:
+            if n != len(self.fixed) - 1:
+                raise ValueError(f"this schedule has exactly {len(self.fixed) - 1} steps, got {n}")
+            sigmas = self.fixed[:-1]
+            return sigmas * np.float32(self.num_train_timesteps), self.fixed.copy()
         # diffusers computes its training sigma range in float32 and *already shifted*, then takes a
         # linspace between those ends and shifts again; we follow it step by step, dtypes included.
         f32 = np.float32
@@ -192,7 +205,11 @@ class FlowUniPCScheduler(_FlowScheduler):
         return _out(prev, sample)
 
 
-def make_scheduler(name: str, shift: float = 5.0) -> FlowUniPCScheduler | FlowEulerScheduler:
+def make_scheduler(name: str, shift: float = 5.0,
+                   sigmas: tuple[float, ...] | None = None) -> FlowUniPCScheduler | FlowEulerScheduler:
+    """A scheduler by name; with `sigmas` (a few-step model's fixed list) Euler over them."""
+    if sigmas is not None:
+        return FlowEulerScheduler(shift=shift, sigmas=sigmas)
     if name == "unipc":
         return FlowUniPCScheduler(shift=shift)
     if name == "euler":

@@ -13,6 +13,7 @@ import yaml
 
 import t2vserve.model_repository
 from t2vserve.profile import Profile
+from t2vserve.sampling import variants_of
 from t2vserve.serve.stages import load_manifest
 
 # model_repository/ is installed as t2vserve.model_repository (package data)
@@ -124,4 +125,19 @@ def render_repository(profile: Profile, out: str | Path, templates: Path = TEMPL
         (dst / "1").mkdir()
         if (src / "1" / "model.py").exists():
             shutil.copy2(src / "1" / "model.py", dst / "1" / "model.py")
+    for variant in variants_of(profile).values():
+        if variant.dit_model != "dit":  # its own weights: dit's template under its name
+            _render_variant_dit(out, variant)
     return out
+
+
+def _render_variant_dit(out: Path, variant) -> None:
+    dit = (out / "dit" / "config.pbtxt").read_text()
+    if 'name: "dit"\n' not in dit:
+        raise RenderError("the dit template must start with name: \"dit\"")
+    dst = out / variant.dit_model
+    (dst / "1").mkdir(parents=True)
+    (dst / "config.pbtxt").write_text(
+        dit.replace('name: "dit"\n', f'name: "{variant.dit_model}"\n', 1)
+        + f'\nparameters {{ key: "variant" value: {{ string_value: "{variant.name}" }} }}\n')
+    shutil.copy2(out / "dit" / "1" / "model.py", dst / "1" / "model.py")

@@ -12,10 +12,13 @@ from t2vserve.media import QC_NAMES, encode_mp4, qc_metrics
 from t2vserve.pipeline import clean_prompt, decode_frames, tokenize
 from t2vserve.profile import Profile
 from t2vserve.runners import OnnxRuntimeRunner, Runner, device_of, to_device
+from t2vserve.sampling import CacheCurve, Variant, calibration_path, resolve_path, \
+    variant_dir, variants_of
 from t2vserve.schema import GenerationRequest, RequestValidationError
 
 INT_FIELDS = ("width", "height", "num_frames", "fps", "steps")
-REQUEST_INPUTS = ("prompt", "negative_prompt", *INT_FIELDS, "guidance_scale", "seed")
+REQUEST_INPUTS = ("prompt", "negative_prompt", *INT_FIELDS, "guidance_scale", "seed",
+                  "model_variant")
 
 
 def load_manifest(profile: Profile) -> dict:
@@ -62,9 +65,10 @@ def onnxruntime_providers(device: str) -> list | None:
 
 
 def make_runner(profile: Profile, component: str, graph: str, threads: int = 0,
-                device: str = "cpu") -> Runner:
+                device: str = "cpu", variant: Variant | None = None) -> Runner:
     """The runner the profile asks for, for one graph of one component, on `device` (the
-    instance's, `instance_device`)."""
+    instance's, `instance_device`). `variant`: a model variant with its own DiT weights (its
+    LoRAs fused; `t2vserve.sampling`), for the `dit` graph."""
     spec = profile.data["components"][component]
     if "device" in spec:
         raise ValueError(f"components.{component}.device is no longer read: Triton places "
@@ -74,12 +78,20 @@ def make_runner(profile: Profile, component: str, graph: str, threads: int = 0,
         raise ValueError(f"components.{component}.runtime {runtime!r} is not available in "
                          f"this build; supported: {', '.join(RUNTIMES)}")
     use_device(device)
+    folder = variant_dir(profile, variant) if variant is not None else profile.artifacts
     if runtime == "onnxruntime":
-        return OnnxRuntimeRunner(profile.artifacts / f"{graph}.onnx",
-                                 providers=onnxruntime_providers(device),
+        path = folder / f"{graph}.onnx"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: run `t2vserve repo build --profile "
+                                    f"{profile.path}` (it exports what is missing)")
+        return OnnxRuntimeRunner(path, providers=onnxruntime_providers(device),
                                  intra_op_threads=threads)
     if runtime == "torch":
-        return _torch_runners(profile, component, threads, device)[graph]
+        return _torch_runners(profile, component, threads, device, variant)[graph]
+    if variant is not None and variant.loras:
+        raise ValueError(f"variants.{variant.name}: runtime tensorrt serves the base DiT only "
+                         f"(build its plan from {folder / 'dit.onnx'} by hand, or use runtime "
+                         f"onnxruntime or torch for LoRA variants)")
     # tensorrt: plans from `t2vserve export --format tensorrt --profile P`; input/output
     # names are read from the plan, so they match the ONNX graph it was built from
     from t2vserve.export.tensorrt_engine import ArtifactPaths
@@ -99,11 +111,13 @@ NETWORK = {"text_encoder": "text_encoder", "dit": "transformer", "vae_decoder": 
 
 
 def _torch_runners(profile: Profile, component: str, threads: int = 0,
-                   device: str = "cpu") -> dict:
+                   device: str = "cpu", variant: Variant | None = None) -> dict:
     """Eager torch over the export wrappers (the same forward the graphs were exported from),
     for one component's graphs: the process builds its own network and no other, in the
-    component's precision on its device (FP32 on CPU, as the exported graphs)."""
-    key = (str(profile.path), component, device)
+    component's precision on its device (FP32 on CPU, as the exported graphs); a variant's
+    LoRAs are fused into it (`export.lora.fuse_loras`)."""
+    loras = variant.loras if variant is not None else ()
+    key = (str(profile.path), component, device, loras)
     if key not in _TORCH:
         import torch
 
@@ -120,6 +134,10 @@ def _torch_runners(profile: Profile, component: str, threads: int = 0,
         model = profile.data["model"]
         module = build_component(model["preset"], NETWORK[component], device=device,
                                  dtype=dtype, checkpoint=profile.resolve(model.get("checkpoint")))
+        if loras:
+            from t2vserve.export.lora import fuse_loras
+
+            fuse_loras(module, lora_specs(profile, variant))
         _TORCH[key] = {g: _on_device(profile, g, r, device)
                        for g, r in torch_graph_runners(component, module).items()}
     return _TORCH[key]
@@ -187,9 +205,66 @@ def _text(values: dict, name: str) -> str | None:
         raise RequestValidationError(f"{name} must be valid UTF-8") from None
 
 
-def parse_request(values: dict, profile: Profile, tokenizer=None) -> GenerationRequest:
+def lora_specs(profile: Profile, variant: Variant) -> list:
+    """A variant's `lora:` entries ("PATH[:SCALE]", PATH may be `asset:...`) as LoraSpecs."""
+    from t2vserve.export.lora import LoraSpec
+
+    specs = []
+    for entry in variant.loras:
+        path, _, scale = str(entry).rpartition(":")
+        try:
+            value = float(scale)
+        except ValueError:
+            path, value = str(entry), 1.0
+        if not path:
+            path, value = str(entry), 1.0
+        specs.append(LoraSpec(resolve_path(profile, path), value))
+    return specs
+
+
+def variant_manifest(profile: Profile, variant: Variant) -> dict:
+    """The manifest of the weights a variant serves: its own DiT export's (`weight_hash` of
+    the fused DiT) or the base artifacts'."""
+    path = variant_dir(profile, variant) / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run `t2vserve repo build --profile "
+                                f"{profile.path}` (it exports each variant's DiT)")
+    return json.loads(path.read_text())
+
+
+def load_variants(profile: Profile) -> dict[str, tuple[Variant, str]]:
+    """name -> (variant with its cache calibration attached, model id), the default first.
+    A step cache's calibration must be for that variant's weights, else this refuses."""
+    from dataclasses import replace
+
+    out = {}
+    for name, variant in variants_of(profile).items():
+        manifest = variant_manifest(profile, variant)
+        cache = variant.sampling.cache
+        if cache is not None:
+            curve = CacheCurve.load(calibration_path(profile, variant), manifest["weight_hash"])
+            variant = replace(variant, sampling=replace(variant.sampling,
+                                                        cache=replace(cache, curve=curve)))
+        out[name] = (variant, model_id(manifest))
+    return out
+
+
+def pick_variant(values: dict, variants: dict):
+    """The request's `model_variant` (absent: the profile's first)."""
+    name = _text(values, "model_variant")
+    if name is None or name == "":
+        return next(iter(variants.values()))
+    if name not in variants:
+        raise RequestValidationError(f"model_variant must be one of {', '.join(variants)}, "
+                                     f"got {name!r:.80}")
+    return variants[name]
+
+
+def parse_request(values: dict, profile: Profile, tokenizer=None,
+                  variant: Variant | None = None) -> GenerationRequest:
     """Triton input arrays (absent ones None) -> a validated request, defaults from the
-    profile. Raises RequestValidationError naming the allowed range."""
+    profile; a few-step `variant` fixes the steps and guidance (refusing others, naming
+    them). Raises RequestValidationError naming the allowed range."""
     fields = dict(profile.defaults)
     prompt = _text(values, "prompt")
     if prompt is None:
@@ -205,6 +280,11 @@ def parse_request(values: dict, profile: Profile, tokenizer=None) -> GenerationR
     g = _scalar(values, "guidance_scale")
     if g is not None:
         fields["guidance_scale"] = float(g)
+    if variant is not None:
+        steps = _scalar(values, "steps")
+        fields["steps"], fields["guidance_scale"] = variant.request_steps_guidance(
+            None if steps is None else int(steps), None if g is None else float(g),
+            profile.defaults)
     request = GenerationRequest(**fields).validate(profile.limits)
     if tokenizer is not None:
         for name in ("prompt", "negative_prompt"):

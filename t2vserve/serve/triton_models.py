@@ -26,6 +26,7 @@ from t2vserve.pipeline import denoise_loop, initial_noise, latent_shape
 from t2vserve.presets import get_preset
 from t2vserve.profile import load_profile
 from t2vserve.runners import device_of, to_device
+from t2vserve.sampling import variants_of
 from t2vserve.schema import RequestValidationError
 from t2vserve.serve import frames, stages, transfers
 
@@ -33,7 +34,9 @@ from t2vserve.serve import frames, stages, transfers
 def _setup(args):
     config = json.loads(args["model_config"])
     profile = load_profile(config["parameters"]["profile"]["string_value"])
-    threads = int(profile.model(config["name"]).get("threads", 0))
+    # a variant's DiT model (dit_<variant>) takes dit's settings
+    name = "dit" if config["name"].startswith("dit_") else config["name"]
+    threads = int(profile.model(name).get("threads", 0))
     return config, profile, threads
 
 
@@ -161,9 +164,12 @@ class TextEncoderModel:
 
 class DitModel:
     def initialize(self, args):
-        _, profile, threads = _setup(args)
+        config, profile, threads = _setup(args)
+        # `dit` serves the base weights; `dit_<variant>` a variant's (its LoRAs fused)
+        name = config["parameters"].get("variant", {}).get("string_value")
+        variant = variants_of(profile)[name] if name else None
         self.runner = stages.make_runner(profile, "dit", "dit", threads,
-                                         stages.instance_device(args))
+                                         stages.instance_device(args), variant)
         self.faults = bool((profile.data.get("faults") or {}).get("enabled"))
 
     def execute(self, requests):
@@ -227,16 +233,17 @@ def _bls(model: str, inputs: dict, outputs: list[str], parameters: dict | None =
 
 
 class BlsDit:
-    """The `dit` model called through BLS, behind the runner interface the loop uses: the
-    loop's tensors go out and come back on the loop's device (t2v's instance device, the
-    DiT's GPU on a GPU profile)."""
+    """A DiT model (`dit`, or a variant's `dit_<variant>`) called through BLS, behind the
+    runner interface the loop uses: the loop's tensors go out and come back on the loop's
+    device (t2v's instance device, the DiT's GPU on a GPU profile)."""
     input_names = ["latents", "timestep", "prompt_embeds"]
     output_names = ["noise_pred"]
 
-    def __init__(self, device: str = "cpu", fault: str | None = None):
+    def __init__(self, device: str = "cpu", fault: str | None = None, model: str = "dit"):
         self.device = torch.device(device)
         self.calls = 0
         self.fault = fault
+        self.model = model
 
     def run(self, inputs):
         self.calls += 1
@@ -245,7 +252,7 @@ class BlsDit:
         if self.fault:
             n = inputs["latents"].shape[0]
             inputs["fault"] = np.array([[self.fault.encode()]] * n, dtype=np.object_)
-        out = _bls("dit", inputs, ["noise_pred"])
+        out = _bls(self.model, inputs, ["noise_pred"])
         return {n: to_device(v, self.device) for n, v in out.items()}
 
 
@@ -275,7 +282,9 @@ class T2VModel:
         self.tokenizer = load_tokenizer(self.profile.artifacts / "tokenizer")
         self.preset = get_preset(self.profile.data["model"]["preset"])
         self.scheduler = self.profile.data["model"]["scheduler"]
-        self.model_id = stages.model_id(stages.load_manifest(self.profile))
+        # variants with their cache calibrations (a calibration for other weights is
+        # refused here, at load) and the model id each serves
+        self.variants = stages.load_variants(self.profile)
         self.device = stages.instance_device(args)
         stages.use_device(self.device)
 
@@ -290,7 +299,8 @@ class T2VModel:
         handle = None
         try:
             values = {n: _input(r, n) for n in stages.REQUEST_INPUTS}
-            req = stages.parse_request(values, self.profile, self.tokenizer)
+            variant, model_id = stages.pick_variant(values, self.variants)
+            req = stages.parse_request(values, self.profile, self.tokenizer, variant)
             this_request = uuid.uuid4().hex
 
             def check(stage):
@@ -319,10 +329,12 @@ class T2VModel:
             # 2. the denoising loop, one dit call per step, on this instance's device
             t0 = time.perf_counter()
             shape = latent_shape(self.preset, req.width, req.height, req.num_frames)
-            dit = BlsDit(self.device, _fault_for(self.profile, req.seed))
+            dit = BlsDit(self.device, _fault_for(self.profile, req.seed), variant.dit_model)
+            spent = {}
             latents = denoise_loop(
                 dit, initial_noise(shape, req.seed), embeds, req.steps, req.guidance_scale,
-                scheduler=self.scheduler, shift=self.preset.flow_shift, callback=after_step)
+                scheduler=self.scheduler, shift=self.preset.flow_shift, callback=after_step,
+                sampling=variant.sampling, stats=spent)
             denoise_ms = round((time.perf_counter() - t0) * 1e3, 2)
             # 3. decode: the frames go to the frame store, a handle comes back
             vae = _bls("vae_decoder", {"latents": latents.float()}, ["frames_handle", "vae_ms"],
@@ -337,11 +349,13 @@ class T2VModel:
             # the text encoder's time is how long this request waited for its embeddings
             # (queue and compute on a miss, the cache lookup on a hit)
             info = stages.response_info(
-                self.model_id, req, qc,
+                model_id, req, qc, variant=variant.name,
+                sampling={"mode": variant.sampling.mode, **{k: spent[k] for k in (
+                    "dit_forwards", "timesteps", "cached_steps")}},
                 stages_ms={"text_encoder": text_ms, "denoise": denoise_ms,
                            "vae_decoder": round(float(vae["vae_ms"].reshape(-1)[0]), 2),
                            "video_encoder": round(float(out["encode_ms"].reshape(-1)[0]), 2)},
-                cache_hit=text_info["computed_for"] != this_request, dit_calls=dit.calls)
+                cache_hit=text_info["computed_for"] != this_request, dit_calls=spent["dit_calls"])
             return pb_utils.InferenceResponse([pb_utils.Tensor("video", out["video"]),
                                                pb_utils.Tensor("qc", qc),
                                                pb_utils.Tensor("info", _bytes(info))])
