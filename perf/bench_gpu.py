@@ -432,10 +432,11 @@ def bench_markdown(r: dict) -> str:
 
 
 def write_bench(result: dict, out_dir: str | Path = "perf/results") -> Path:
-    """gpu-<device-slug>-<date>.json and a Markdown summary next to it."""
+    """bench-gpu-<device-slug>-<date>.json and a Markdown summary next to it (gpu-check
+    writes gpu-<device-slug>-<date>.*, so the two never overwrite each other)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"gpu-{device_slug(result['device'])}-{result['date'][:10]}.json"
+    path = out / f"bench-gpu-{device_slug(result['device'])}-{result['date'][:10]}.json"
     path.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     path.with_suffix(".md").write_text(bench_markdown(result))
     return path

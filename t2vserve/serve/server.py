@@ -19,9 +19,14 @@ from t2vserve.profile import Profile
 
 
 def triton_home() -> Path:
-    import pytriton
+    # located, not imported: pytriton's __init__ pulls in its own client and its dependencies
+    # (pyzmq, typer, ...), which a carried slim tritonserver (gpu-check) does without
+    import importlib.util
 
-    home = Path(pytriton.__file__).parent / "tritonserver"
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("nvidia-pytriton is not installed: run `make setup`")
+    home = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
     if not (home / "bin" / "tritonserver").exists():
         raise FileNotFoundError(f"tritonserver not found under {home}: run `make setup`")
     return home

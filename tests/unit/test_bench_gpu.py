@@ -41,7 +41,7 @@ def test_result_structure_and_files(bench, tmp_path):
     assert bench["peak"]["measured_tflops"] > 0 and bench["peak"]["datasheet"] is None
     assert bench["baseline"]["available"] and bench["baseline"]["reason"] is None
     path = bench_gpu.write_bench(bench, tmp_path)
-    assert path.name == f"gpu-cpu-{bench['date'][:10]}.json"
+    assert path.name == f"bench-gpu-cpu-{bench['date'][:10]}.json"
     assert json.loads(path.read_text())["dit"] == json.loads(json.dumps(bench["dit"]))
     md = path.with_suffix(".md").read_text()
     assert md.startswith("# bench gpu: tiny on cpu, fp32") and "| 128x128x17 | 80 |" in md
