@@ -76,3 +76,25 @@ def ensure_variants(profile, log=print) -> list[Path]:
             export_variant_dit(profile, variant, log)
             written.append(variant_dir(profile, variant))
     return written
+
+
+def ensure_calibrations(profile, log=print) -> list[Path]:
+    """Calibrate every step-cache variant whose curve is missing or was measured on other
+    weights (`t2vserve calibrate-cache`, run here with its defaults); returns what was
+    written."""
+    from t2vserve.export.calibrate import calibrate_cache
+    from t2vserve.sampling import CacheCurve, calibration_path, variants_of
+    from t2vserve.serve.stages import variant_manifest
+
+    written = []
+    for variant in variants_of(profile).values():
+        if variant.sampling.cache is None:
+            continue
+        path = calibration_path(profile, variant)
+        try:
+            CacheCurve.load(path, variant_manifest(profile, variant)["weight_hash"])
+            continue
+        except (FileNotFoundError, ValueError) as why:
+            log(f"variant {variant.name}: {why}; calibrating now")
+        written.append(calibrate_cache(profile, variant.name, log=log))
+    return written

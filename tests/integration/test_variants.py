@@ -1,0 +1,101 @@
+"""Model variants through the served stack: a step-cached and a base request at different
+step counts share dit's batches and still give exactly the clips each gives alone; a
+few-step variant's contract; an unknown variant."""
+
+import concurrent.futures
+
+import pytest
+import yaml
+
+from t2vserve.client import InvalidRequest, T2VClient
+from t2vserve.export.variants import ensure_calibrations
+from t2vserve.profile import load_profile
+from t2vserve.serve.repository import render_repository
+from t2vserve.serve.server import ServerConfig, start, stop, wait_ready
+
+from .conftest import PROJECT, free_ports
+
+VARIANTS = {
+    "base": {},
+    "cached": {"cache": {"threshold": 0.5, "max_skips": 2}},
+    "few": {"sampling": {"mode": "few_step", "steps": 4, "sigmas": [1.0, 0.75, 0.5, 0.25, 0.0],
+                         "guidance_scale": 1.0}},
+}
+
+
+@pytest.fixture(scope="module")
+def url(tiny_artifacts, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("variants")
+    data = yaml.safe_load((PROJECT / "profiles" / "cpu-tiny.yaml").read_text())
+    data["model"]["artifacts"] = str(tiny_artifacts)
+    data["variants"] = VARIANTS
+    # a long batching window, so two requests' concurrent dit calls surely merge
+    data["models"]["dit"].update(max_queue_delay_us=200000, max_batch_size=4)
+    path = tmp / "profiles" / "variants.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    profile = load_profile(path)
+    ensure_calibrations(profile)  # what `serve` does for a cache variant without its curve
+    repo = render_repository(profile, tmp / "repo")
+    http, grpc, metrics = free_ports(3)
+    cfg = ServerConfig.from_profile(profile, repo, http_port=http, grpc_port=grpc,
+                                    metrics_port=metrics)
+    proc = start(cfg, tmp / "tritonserver.log")
+    try:
+        wait_ready(cfg, proc)
+    except Exception:
+        stop(proc)
+        raise RuntimeError((tmp / "tritonserver.log").read_text()[-6000:])
+    yield f"127.0.0.1:{grpc}"
+    stop(proc)
+
+
+def _dit_counts(url):
+    import tritonclient.grpc as grpcclient
+
+    c = grpcclient.InferenceServerClient(url)
+    s = c.get_inference_statistics(model_name="dit", as_json=True)["model_stats"][0]
+    c.close()
+    return int(s.get("inference_count", 0)), int(s.get("execution_count", 0))
+
+
+REQUESTS = [dict(prompt="a blue bottle on a grey background", variant="cached", steps=12, seed=1),
+            dict(prompt="一个红色的杯子在木桌上", variant="base", steps=7, seed=2)]
+
+
+def _generate(url, r):
+    with T2VClient(url) as client:
+        return client.generate(r["prompt"], width=64, height=64, num_frames=5, steps=r["steps"],
+                               seed=r["seed"], model_variant=r["variant"])
+
+
+def test_cached_and_base_requests_batched_together_equal_each_alone(url):
+    alone = [_generate(url, r) for r in REQUESTS]
+    cached = alone[0].info
+    assert cached["variant"] == "cached" and cached["sampling"]["mode"] == "base"
+    assert cached["sampling"]["cached_steps"]  # the cache served some steps
+    assert cached["sampling"]["dit_forwards"] == 2 * (12 - len(cached["sampling"]["cached_steps"]))
+    assert alone[1].info["sampling"]["dit_forwards"] == 14 and alone[1].info["variant"] == "base"
+    before = _dit_counts(url)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda r: _generate(url, r), REQUESTS))
+    after = _dit_counts(url)
+    inferences, executions = after[0] - before[0], after[1] - before[1]
+    assert inferences == 2 * sum(v.info["dit_calls"] for v in together)  # CFG pairs
+    assert executions < sum(v.info["dit_calls"] for v in together)  # calls shared batches
+    for a, b in zip(alone, together):
+        assert a.mp4 == b.mp4 and a.info["sampling"] == b.info["sampling"]
+
+
+def test_a_few_step_variant_serves_its_steps_and_refuses_others(url):
+    video = _generate(url, dict(prompt="a green ball", variant="few", steps=None, seed=3))
+    assert video.info["dit_calls"] == 4 and video.info["sampling"]["dit_forwards"] == 4
+    assert video.info["sampling"]["timesteps"] == [1000.0, 750.0, 500.0, 250.0]
+    assert video.info["request"]["guidance_scale"] == 1.0
+    with pytest.raises(InvalidRequest, match=r"samples few-step: exactly 4 steps at "
+                                             r"guidance_scale 1 \(no CFG\); got steps=8"):
+        _generate(url, dict(prompt="a green ball", variant="few", steps=8, seed=3))
+    with pytest.raises(InvalidRequest, match="model_variant must be one of base, cached, few"):
+        _generate(url, dict(prompt="a green ball", variant="turbo", steps=4, seed=3))
+    # the server is fine afterwards
+    assert _generate(url, dict(prompt="a green ball", variant="base", steps=2, seed=3)).mp4
