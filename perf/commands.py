@@ -119,15 +119,96 @@ def _target_utilisation(text: str) -> float:
     return u
 
 
+# options that choose the DiT forwards per video of a --gpu estimate, and the modes they fit
+_MODE_OPTIONS = {"--cfg-interval": ("base", "cached"), "--no-cfg": ("base", "cached"),
+                 "--steps": ("base", "cached"), "--cache-saving": ("cached",),
+                 "--cache-setting": ("cached",), "--distilled-steps": ("distilled",)}
+
+
+def _check_mode_options(args) -> None:
+    given = [opt for opt, v in (
+        ("--mode", args.mode), ("--forwards", args.forwards), ("--from-result", args.from_result),
+        ("--cfg-interval", args.cfg_interval), ("--cache-saving", args.cache_saving),
+        ("--cache-setting", args.cache_setting), ("--distilled-steps", args.distilled_steps),
+        ("--no-cfg", args.no_cfg or None), ("--steps", args.steps)) if v is not None]
+    if args.result:
+        if given := [g for g in given if g != "--steps"]:
+            raise ValueError(f"{', '.join(given)}: only with --gpu; a measured service curve "
+                             f"(--result) already holds the sampling it was measured with")
+        return
+    if args.forwards is not None:
+        if other := [g for g in given if g not in ("--forwards", "--steps", "--no-cfg")]:
+            raise ValueError(f"--forwards gives the DiT forwards per video directly; drop "
+                             f"{', '.join(other)}, or drop --forwards and use --mode "
+                             f"base|cached|distilled")
+        return
+    if args.mode is not None:
+        for opt, modes in _MODE_OPTIONS.items():
+            if opt in given and args.mode not in modes:
+                raise ValueError(f"{opt} applies to --mode {' or '.join(modes)} (or to the "
+                                 f"side-by-side table, without --mode), not --mode {args.mode}")
+    if args.cfg_interval is not None and args.no_cfg:
+        raise ValueError("--cfg-interval says on which steps CFG runs; it cannot be combined "
+                         "with --no-cfg")
+    if args.cache_setting is not None and args.from_result is None:
+        raise ValueError("--cache-setting picks a cached entry of --from-result; give "
+                         "--from-result")
+
+
+def _schedules(args, modes):
+    from t2vserve.perf.fleet_modes import read_measured, schedules
+
+    measured = []
+    if args.from_result:
+        measured = read_measured(json.loads(Path(args.from_result).read_text()),
+                                 args.from_result)
+    return schedules(modes, steps=args.steps or 50, cfg=not args.no_cfg,
+                     cfg_interval=args.cfg_interval, cache_saving=args.cache_saving,
+                     distilled_steps=args.distilled_steps, measured=measured,
+                     measured_from=args.from_result or "", cache_setting=args.cache_setting)
+
+
+def _gpu(args):
+    return float(args.gpu) if args.gpu.replace(".", "", 1).isdigit() else args.gpu
+
+
+def _options(args) -> dict:
+    # the options, so the report can be made again with the same ones
+    return {k: v for k, v in vars(args).items()
+            if k not in ("func", "command", "verbose", "out", "out_dir")}
+
+
+def _size_modes(args, demand, slo) -> int:
+    from t2vserve.perf import fleet_modes
+
+    fleets = fleet_modes.size_modes(
+        _schedules(args, fleet_modes.MODES), _gpu(args), args.width, args.height, args.frames,
+        demand, slo, utilisation=args.utilisation, preset=args.preset,
+        target_utilisation=args.target_utilisation, price_per_gpu_hour=args.price_per_gpu_hour)
+    md = fleet_modes.markdown(fleets, demand, slo, args.target_utilisation,
+                              args.price_per_gpu_hour)
+    out = Path(args.out) if args.out else (
+        Path(args.out_dir) / f"sizing-estimate-{args.gpu}-{args.width}x{args.height}x"
+                             f"{args.frames}-modes-{args.peak_per_hour:g}ph.md")
+    fleet_modes.write(fleets, md, _options(args), out)
+    print(md)
+    print(f"servers by mode: {fleet_modes.summary(fleets)}")
+    print(f"report: {out} (+ .html, .json)")
+    return 0
+
+
 def _size(args) -> int:
     from t2vserve.perf import sizing_report
-    from t2vserve.perf.roofline import GPU_PEAKS, estimate_video, format_estimate
+    from t2vserve.perf.roofline import GPU_PEAKS, DitSchedule, estimate_video, format_estimate
     from t2vserve.perf.sizing import Demand, ServiceCurve, Slo, size_fleet
 
     if (args.result is None) == (args.gpu is None):
         raise ValueError("give --result (a `perf run` JSON: measured) or --gpu (first "
                          f"principles; known: {', '.join(GPU_PEAKS)}, or a peak in TFLOP/s)")
+    _check_mode_options(args)
     demand, slo = Demand(args.peak_per_hour, args.burstiness), Slo(args.p95_slo)
+    if args.gpu and args.mode is None and args.forwards is None:
+        return _size_modes(args, demand, slo)
     estimate_md = ""
     if args.result:
         result = json.loads(Path(args.result).read_text())
@@ -135,28 +216,28 @@ def _size(args) -> int:
         source = f"measured, {args.result} ({result.get('device', '?')})"
         stem = Path(args.result).stem
     else:
-        gpu = float(args.gpu) if args.gpu.replace(".", "", 1).isdigit() else args.gpu
-        est = estimate_video(gpu, args.width, args.height, args.frames, args.steps,
-                             cfg=not args.no_cfg, utilisation=args.utilisation,
-                             preset=args.preset)
+        steps = args.steps or 50
+        if args.forwards is not None:
+            sched = DitSchedule.given(args.forwards, steps, not args.no_cfg, "--forwards")
+            what = f"{args.forwards:g}forwards"
+        else:
+            sched = _schedules(args, [args.mode])[0]
+            what = f"{sched.steps}steps" + ("" if args.mode == "base" else f"-{args.mode}")
+        if args.cfg_interval is not None:
+            what += f"-cfg{args.cfg_interval:g}"
+        est = estimate_video(_gpu(args), args.width, args.height, args.frames, schedule=sched,
+                             utilisation=args.utilisation, preset=args.preset)
         estimate_md = format_estimate(est)
         print(estimate_md)
-        # one video at a time per GPU, every video the same cost: a deterministic service time
-        curve = ServiceCurve.from_result({"levels": [{
-            "concurrency": 1, "throughput": 1.0 / est.seconds_per_video,
-            "latency_ms": {q: est.seconds_per_video * 1000 for q in ("avg", "p50", "p90", "p95", "p99")},
-            "latencies_ms": [est.seconds_per_video * 1000]}]})
+        curve = ServiceCurve.deterministic(est.seconds_per_video)
         source = f"{est.label}, {args.gpu} at {args.utilisation:.0%} of peak FLOP/s"
-        stem = f"estimate-{args.gpu}-{args.width}x{args.height}x{args.frames}-{args.steps}steps"
+        stem = f"estimate-{args.gpu}-{args.width}x{args.height}x{args.frames}-{what}"
     sizing = size_fleet(curve, demand, slo, target_utilisation=args.target_utilisation,
                         price_per_gpu_hour=args.price_per_gpu_hour)
     out = Path(args.out) if args.out else Path(args.out_dir) / f"sizing-{stem}-{args.peak_per_hour:g}ph.md"
     sizing_report.write(curve, sizing, source, out, estimate_md)
-    # the options, so the report can be made again with the same ones
-    options = {k: v for k, v in vars(args).items()
-               if k not in ("func", "command", "verbose", "out", "out_dir")}
     out.with_suffix(".json").write_text(json.dumps(
-        {"source": source, "options": options, "sizing": sizing.to_dict(),
+        {"source": source, "options": _options(args), "sizing": sizing.to_dict(),
          "estimate": est.to_dict() if args.gpu else None}, indent=1) + "\n")
     print(f"servers: {sizing.servers} (each {sizing.concurrency} in flight; utilisation "
           f"{sizing.utilisation:.2%} at peak, target {sizing.target_utilisation:.0%}; binding: "
@@ -222,8 +303,27 @@ def register(sub) -> None:
     z.add_argument("--width", type=int, default=1280)
     z.add_argument("--height", type=int, default=704)
     z.add_argument("--frames", type=int, default=121)
-    z.add_argument("--steps", type=int, default=50)
-    z.add_argument("--no-cfg", action="store_true", help="--gpu: no classifier-free guidance")
+    z.add_argument("--mode", choices=("base", "cached", "distilled"),
+                   help="--gpu: size one sampling mode (a report with plots and the simulation "
+                        "check); without it, base, cached and distilled side by side")
+    z.add_argument("--steps", type=int, help="base and cached modes: steps (default 50)")
+    z.add_argument("--no-cfg", action="store_true",
+                   help="base and cached modes: no classifier-free guidance")
+    z.add_argument("--cfg-interval", type=float, metavar="F",
+                   help="base and cached modes: CFG on the first F of the steps only, in (0, 1]")
+    z.add_argument("--cache-saving", type=float, metavar="X",
+                   help="cached mode: X times fewer DiT forwards than the base at the same steps "
+                        "(default: measured by --from-result, else assumed 2)")
+    z.add_argument("--distilled-steps", type=int, metavar="N",
+                   help="distilled mode: steps, no CFG (default 4; FastWan2.2's DMD uses 3)")
+    z.add_argument("--forwards", type=float, metavar="N",
+                   help="--gpu: DiT forwards per video given directly (one mode, 'given')")
+    z.add_argument("--from-result", metavar="JSON",
+                   help="DiT forwards per video measured by a run: a sampling table (modes or "
+                        "rows, each with dit_forwards and steps) or a t2v response's info")
+    z.add_argument("--cache-setting", metavar="NAME",
+                   help="--from-result: the cached entry to take the saving from, where it "
+                        "has several")
     z.add_argument("--utilisation", type=float, default=0.40,
                    help="--gpu: assumed fraction of the GPU's peak FLOP/s achieved while "
                         "busy (MFU; default 0.40); not the fleet's load, see --target-utilisation")

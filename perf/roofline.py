@@ -3,6 +3,10 @@
 FLOPs are counted from the preset configs (2 FLOPs per multiply-add, matmuls and convs only;
 norms, activations, RoPE and softmax are left out, they are memory-bound and small), then
 divided by a datasheet peak times an assumed utilisation. Everything here is an estimate.
+
+The DiT's share is its per-forward cost times the forwards one video spends, which the
+sampling mode decides (`DitSchedule`): steps x 2 with CFG, fewer with a guidance interval or a
+step cache, a few without CFG for a step-distilled model.
 """
 
 import functools
@@ -138,6 +142,69 @@ def vae_decode_flops(width: int, height: int, frames: int, preset: str = "wan2.2
     return first + (t - 1) * step
 
 
+def _positive_int(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+        raise ValueError(f"{name} must be a positive int, got {v!r}")
+    return int(v)
+
+
+@dataclass(frozen=True)
+class DitSchedule:
+    """DiT forwards one video spends (batch rows: a CFG step is 2), as a sampling mode spends
+    them, and where the figure comes from."""
+    mode: str  # "base", "cached", "distilled" or "given"
+    steps: int
+    forwards: float  # may be fractional: a measured mean over requests
+    prompts: int  # through the text encoder: 2 when any step runs CFG (the negative prompt)
+    basis: str  # printed with the estimate: counted, measured or assumed
+
+    @classmethod
+    def base(cls, steps: int, cfg: bool = True, cfg_interval: float | None = None) -> "DitSchedule":
+        """`cfg_interval` F: CFG on the first F of the steps only (the served guidance
+        interval [0, F]), the conditional pass alone after it."""
+        steps = _positive_int("steps", steps)
+        if cfg_interval is None:
+            n = steps if cfg else 0
+            basis = f"{steps} steps x {2 if cfg else 1}" + (" (CFG)" if cfg else " (no CFG)")
+        else:
+            if not cfg:
+                raise ValueError("a CFG interval needs CFG: give the interval or no CFG, not both")
+            if isinstance(cfg_interval, bool) or not isinstance(cfg_interval, numbers.Real) \
+                    or not 0 < cfg_interval <= 1:
+                raise ValueError(f"the CFG interval must be a fraction of the steps in (0, 1], "
+                                 f"got {cfg_interval!r}")
+            n = min(steps, math.ceil(cfg_interval * steps))  # steps i < F * steps
+            basis = f"{steps} steps, CFG on the first {n} (interval {cfg_interval:g})"
+        return cls("base", steps, float(steps + n), 2 if cfg else 1, basis)
+
+    @classmethod
+    def cached(cls, steps: int, saving: float, cfg: bool = True,
+               cfg_interval: float | None = None, basis: str = "") -> "DitSchedule":
+        """The base mode's forwards divided by `saving` (x fewer forwards: the steps the cache
+        serves skip every pass of that step). `basis` says whether it was measured."""
+        if isinstance(saving, bool) or not isinstance(saving, numbers.Real) \
+                or not math.isfinite(saving) or saving < 1:
+            raise ValueError(f"cache saving must be a factor >= 1 (2 = half the DiT forwards), "
+                             f"got {saving!r}")
+        b = cls.base(steps, cfg, cfg_interval)
+        return cls("cached", b.steps, b.forwards / saving, b.prompts,
+                   f"{b.basis} / {saving:.3g} ({basis or 'cache saving given'})")
+
+    @classmethod
+    def distilled(cls, steps: int = 4, basis: str = "") -> "DitSchedule":
+        steps = _positive_int("distilled steps", steps)
+        return cls("distilled", steps, float(steps), 1,
+                   f"{steps} steps x 1 (step-distilled, no CFG{'; ' + basis if basis else ''})")
+
+    @classmethod
+    def given(cls, forwards: float, steps: int, cfg: bool = True, basis: str = "") -> "DitSchedule":
+        if isinstance(forwards, bool) or not isinstance(forwards, numbers.Real) \
+                or not math.isfinite(forwards) or forwards <= 0:
+            raise ValueError(f"DiT forwards per video must be > 0, got {forwards!r}")
+        return cls("given", _positive_int("steps", steps), float(forwards), 2 if cfg else 1,
+                   f"{forwards:g} forwards ({basis or 'given'})")
+
+
 @dataclass(frozen=True)
 class Estimate:
     gpu: str
@@ -157,10 +224,19 @@ class Estimate:
     videos_per_gpu_hour: float
     assumptions: tuple = field(default=())
     label: str = LABEL
+    mode: str = "base"
+    dit_forwards: float = 0.0  # per video
+    forwards_basis: str = ""
+
+    @property
+    def vae_share(self) -> float:
+        """Share of a video's time in the VAE decode; it grows as the DiT forwards drop."""
+        return self.seconds["vae_decode"] / self.seconds["total"]
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["assumptions"] = list(self.assumptions)
+        d["vae_share"] = self.vae_share
         return d
 
 
@@ -174,21 +250,24 @@ def _peak(gpu) -> tuple[str, float, str]:
     return f"{float(gpu):g} TFLOP/s", float(gpu), "peak given by the caller"
 
 
-def estimate_video(gpu: str | float, width: int, height: int, frames: int, steps: int, *,
-                   cfg: bool = True, utilisation: float = 0.40, preset: str = "wan2.2-ti2v-5b",
-                   text_len: int | None = None) -> Estimate:
+def estimate_video(gpu: str | float, width: int, height: int, frames: int,
+                   steps: int | None = None, *, cfg: bool = True, utilisation: float = 0.40,
+                   preset: str = "wan2.2-ti2v-5b", text_len: int | None = None,
+                   schedule: DitSchedule | None = None) -> Estimate:
+    """`steps` and `cfg` are the base mode's; `schedule` any mode's forwards instead."""
     name, peak, note = _peak(gpu)
     if isinstance(utilisation, bool) or not isinstance(utilisation, numbers.Real) or not 0 < utilisation <= 1:
         raise ValueError(f"utilisation must be in (0, 1], got {utilisation!r}")
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if schedule is None:
+        schedule = DitSchedule.base(steps, cfg)
+    elif steps is not None:
+        raise ValueError("give steps (the base mode) or a schedule, not both")
     p = get_preset(preset)
     tl = p.text_len if text_len is None else text_len
     if isinstance(tl, bool) or not isinstance(tl, numbers.Integral) or tl < 1:
         raise ValueError(f"text_len must be a positive int, got {text_len!r}")
     tokens = dit_tokens(width, height, frames, preset)
-    prompts = 2 if cfg else 1  # prompt + negative prompt
-    forwards = steps * prompts  # CFG: cond + uncond every step
+    prompts, forwards = schedule.prompts, schedule.forwards  # prompts: + the negative one for CFG
     flops = {
         "text_encoder": prompts * text_encoder_flops(tl, preset),
         "dit": forwards * dit_forward_flops(tokens, preset, tl)["total"],
@@ -199,15 +278,16 @@ def estimate_video(gpu: str | float, width: int, height: int, frames: int, steps
     seconds = {k: v / rate for k, v in flops.items()}
     return Estimate(
         gpu=name, peak_tflops=peak, utilisation=float(utilisation), preset=preset,
-        width=width, height=height, frames=frames, steps=steps, cfg=cfg, tokens=tokens,
-        text_len=tl, flops=flops, seconds=seconds, seconds_per_video=seconds["total"],
-        videos_per_gpu_hour=3600.0 / seconds["total"],
+        width=width, height=height, frames=frames, steps=schedule.steps, cfg=prompts == 2,
+        tokens=tokens, text_len=tl, flops=flops, seconds=seconds,
+        seconds_per_video=seconds["total"], videos_per_gpu_hour=3600.0 / seconds["total"],
         assumptions=(
             f"peak {peak:g} TFLOP/s ({note})",
             f"utilisation {utilisation:.0%} of peak for every component",
-            f"DiT: {steps} steps x {prompts} forward(s) at {tokens} tokens, text {tl} tokens",
+            f"DiT: {schedule.basis} = {forwards:g} forwards at {tokens} tokens, text {tl} tokens",
             "matmul/conv FLOPs only; no overlap, no host, scheduler or encode time",
         ),
+        mode=schedule.mode, dit_forwards=forwards, forwards_basis=schedule.basis,
     )
 
 
@@ -217,20 +297,24 @@ def _num(x: float) -> str:
 
 
 def format_estimate(e: Estimate) -> str:
+    plain = e.mode == "base" and e.dit_forwards == e.steps * (2 if e.cfg else 1)
+    dit = f"{e.steps} steps x {2 if e.cfg else 1}" if plain else f"{e.dit_forwards:g} forwards"
     rows = [
         (f"text encoder ({2 if e.cfg else 1} prompt{'s' if e.cfg else ''})", "text_encoder"),
-        (f"DiT ({e.steps} steps x {2 if e.cfg else 1})", "dit"),
+        (f"DiT ({dit})", "dit"),
         ("VAE decode", "vae_decode"),
         ("**total**", "total"),
     ]
+    mode = "" if e.mode == "base" else f"{e.mode} mode, "
     lines = [
-        f"**{e.preset} {e.width}x{e.height}x{e.frames}, {e.steps} steps, CFG {'on' if e.cfg else 'off'}, "
-        f"{e.gpu} at {e.utilisation:.0%}** - {e.label}",
+        f"**{e.preset} {e.width}x{e.height}x{e.frames}, {mode}{e.steps} steps, CFG "
+        f"{'on' if e.cfg else 'off'}, {e.gpu} at {e.utilisation:.0%}** - {e.label}",
         "",
-        "| component | TFLOP | seconds |",
-        "|---|---:|---:|",
+        "| component | TFLOP | seconds | share |",
+        "|---|---:|---:|---:|",
     ]
-    lines += [f"| {label} | {_num(e.flops[k] / 1e12)} | {_num(e.seconds[k])} |" for label, k in rows]
+    lines += [f"| {label} | {_num(e.flops[k] / 1e12)} | {_num(e.seconds[k])} | "
+              f"{e.seconds[k] / e.seconds['total']:.1%} |" for label, k in rows]
     lines += ["", f"{_num(e.videos_per_gpu_hour)} videos per GPU-hour. Assumes: "
               + "; ".join(e.assumptions) + "."]
     return "\n".join(lines)

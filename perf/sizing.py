@@ -115,6 +115,16 @@ class ServiceCurve:
         return cls(levels, result.get("host", ""), result.get("profile", ""),
                    result.get("device", ""))
 
+    @classmethod
+    def deterministic(cls, seconds_per_video: float) -> "ServiceCurve":
+        """One video at a time per GPU, every video the same cost: a roofline estimate's
+        service curve."""
+        ms = seconds_per_video * 1000
+        return cls.from_result({"levels": [{
+            "concurrency": 1, "throughput": 1.0 / seconds_per_video,
+            "latency_ms": {q: ms for q in ("avg", "p50", "p90", "p95", "p99")},
+            "latencies_ms": [ms]}]})
+
     def level(self, concurrency: int) -> Level:
         for lv in self.levels:
             if lv.concurrency == concurrency:
@@ -273,7 +283,7 @@ def check_target_utilisation(target) -> float:
     return float(target)
 
 
-def _servers_for_utilisation(arrival_rate: float, mean_s: float, k: int, target: float) -> int:
+def servers_for_utilisation(arrival_rate: float, mean_s: float, k: int, target: float) -> int:
     """Fewest servers N with utilisation lambda E[S] / (N k) <= target and < 1 (at 1 the queue
     never drains, so target 1 means "stable"). The same float expression as queueing.estimate's,
     so the two never disagree at the boundary."""
@@ -292,7 +302,7 @@ def _servers_for_utilisation(arrival_rate: float, mean_s: float, k: int, target:
 def _size_level(lv: Level, demand: Demand, slo: Slo, target: float, max_servers: int):
     """(servers for the utilisation target, servers for the SLO or None, servers or None)."""
     lam, k = demand.arrival_rate, lv.concurrency
-    n_util = _servers_for_utilisation(lam, lv.mean_service_s, k, target)
+    n_util = servers_for_utilisation(lam, lv.mean_service_s, k, target)
     if lv.service_p95_s > slo.p95_s:
         return n_util, None, None  # waiting only adds to the service time: no N can help
 
@@ -300,7 +310,7 @@ def _size_level(lv: Level, demand: Demand, slo: Slo, target: float, max_servers:
         e = estimate(lam, lv.latencies_s, n * k, demand.scv_arrival)
         return e.utilisation < 1.0 and e.p95_response_s <= slo.p95_s
 
-    n_stable = _servers_for_utilisation(lam, lv.mean_service_s, k, 1.0)
+    n_stable = servers_for_utilisation(lam, lv.mean_service_s, k, 1.0)
     n_slo = (_smallest_ok(meets_slo, n_stable, n_stable, max_servers)
              if n_stable <= max_servers else None)
     if n_slo is None or n_util > max_servers:

@@ -182,3 +182,71 @@ def test_tiny_preset():
     assert e.flops["dit"] == 16 * rl.dit_forward_flops(80, "tiny")["total"]
     assert 0 < e.seconds_per_video < 1e-2
     assert "| **total** |" in rl.format_estimate(e)
+
+
+# ---- DiT forwards per video follow the sampling mode ----------------------------------------
+
+def test_distilled_4_steps_no_cfg_is_the_base_dit_time_over_25():
+    base = rl.estimate_video("h100-sxm", 1280, 704, 121, schedule=rl.DitSchedule.base(50))
+    few = rl.estimate_video("h100-sxm", 1280, 704, 121, schedule=rl.DitSchedule.distilled(4))
+    assert (base.dit_forwards, few.dit_forwards) == (100, 4)
+    assert base.flops["dit"] == 25 * few.flops["dit"]
+    assert base.seconds["dit"] == pytest.approx(25 * few.seconds["dit"], rel=1e-12)
+    # no negative prompt without CFG; the VAE decodes the same clip
+    assert base.flops["text_encoder"] == 2 * few.flops["text_encoder"]
+    assert base.flops["vae_decode"] == few.flops["vae_decode"]
+    assert (few.mode, few.steps, few.cfg) == ("distilled", 4, False)
+    # the old call (steps, cfg) is the base schedule
+    assert rl.estimate_video("h100-sxm", 1280, 704, 121, 50).to_dict() == base.to_dict()
+    assert "| DiT (4 forwards) |" in rl.format_estimate(few)
+    assert "distilled mode, 4 steps, CFG off" in rl.format_estimate(few)
+
+
+def test_the_vae_share_grows_as_the_forwards_drop():
+    modes = [rl.DitSchedule.base(50), rl.DitSchedule.base(50, cfg_interval=0.5),
+             rl.DitSchedule.cached(50, 2.0), rl.DitSchedule.base(8),
+             rl.DitSchedule.distilled(4), rl.DitSchedule.distilled(3)]
+    ests = [rl.estimate_video("h100-sxm", 1280, 704, 121, schedule=m) for m in modes]
+    forwards = [e.dit_forwards for e in ests]
+    shares = [e.vae_share for e in ests]
+    assert forwards == sorted(forwards, reverse=True) and len(set(forwards)) == len(forwards)
+    assert shares == sorted(shares) and len(set(shares)) == len(shares)
+    assert shares[0] < 0.05 and 0.45 < shares[-2] < shares[-1] < 0.6  # 3.7 %, 49 %, 56 %
+    for e in ests:
+        assert e.vae_share == e.seconds["vae_decode"] / e.seconds_per_video
+        assert json.loads(json.dumps(e.to_dict()))["vae_share"] == e.vae_share
+
+
+@pytest.mark.parametrize("steps", [1, 7, 8, 20, 50])
+@pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5, 0.9, 1.0])
+def test_cfg_interval_forwards_match_the_served_loop(steps, fraction):
+    # the served loop runs the unconditional pass where Sampling.cfg_at says so
+    from t2vserve.sampling import Sampling
+
+    served = Sampling(guidance_interval=(0.0, fraction))
+    want = sum(2 if served.cfg_at(i, steps) else 1 for i in range(steps))
+    assert rl.DitSchedule.base(steps, cfg_interval=fraction).forwards == want
+    cached = rl.DitSchedule.cached(steps, 2.5, cfg_interval=fraction)
+    assert cached.forwards == want / 2.5 and cached.prompts == 2
+
+
+def test_given_forwards_are_used_as_they_are():
+    e = rl.estimate_video(500, 832, 480, 73, schedule=rl.DitSchedule.given(37.5, 20))
+    assert e.flops["dit"] == 37.5 * rl.dit_forward_flops(7_410)["total"]
+    assert e.mode == "given" and "37.5 forwards" in e.forwards_basis
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: rl.DitSchedule.base(50, cfg_interval=0.0), "the CFG interval must be a fraction of the steps in (0, 1], got 0.0"),
+    (lambda: rl.DitSchedule.base(50, cfg_interval=1.5), "the CFG interval must be a fraction of the steps in (0, 1], got 1.5"),
+    (lambda: rl.DitSchedule.base(50, cfg=False, cfg_interval=0.5), "a CFG interval needs CFG: give the interval or no CFG, not both"),
+    (lambda: rl.DitSchedule.cached(50, 0.5), "cache saving must be a factor >= 1 (2 = half the DiT forwards), got 0.5"),
+    (lambda: rl.DitSchedule.distilled(0), "distilled steps must be a positive int, got 0"),
+    (lambda: rl.DitSchedule.given(0, 50), "DiT forwards per video must be > 0, got 0"),
+    (lambda: rl.estimate_video("a100", 1280, 704, 121, 50, schedule=rl.DitSchedule.distilled()),
+     "give steps (the base mode) or a schedule, not both"),
+])
+def test_bad_schedules_raise(make, message):
+    with pytest.raises(ValueError) as e:
+        make()
+    assert str(e.value) == message

@@ -283,3 +283,12 @@ def test_report_states_target_achieved_and_binding(curve):
     assert doc["target_utilisation"] == 0.8 and doc["binding"] == "p95 SLO"
     assert doc["utilisation"] == s.utilisation <= 0.8
     json.dumps(doc, allow_nan=False)
+
+
+def test_a_deterministic_curve_is_one_channel_at_the_given_time():
+    curve = ServiceCurve.deterministic(12.5)
+    (lv,) = curve.levels
+    assert lv.concurrency == 1 and lv.throughput == 1 / 12.5
+    assert lv.mean_service_s == 12.5 and lv.scale == 1.0
+    assert lv.service_p95_s == pytest.approx(12.5, rel=1e-9)
+    assert not lv.synthetic
