@@ -6,6 +6,7 @@ Every dynamic axis is checked on the written graph: an axis the exporter froze i
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import io
 import json
@@ -18,6 +19,7 @@ import onnx
 import torch
 from torch import nn
 
+from t2vserve.export.lora import fuse_loras, fused_loras
 from t2vserve.export.specs import DIT, TEXT_ENCODER, NetworkSpec
 from t2vserve.export.vae_chunked import export_vae_onnx
 from t2vserve.export.wrappers import DiTExport, TextEncoderExport
@@ -105,11 +107,16 @@ def export_network(module: nn.Module, spec: NetworkSpec, args: tuple, path: Path
     return describe_graph(path)
 
 
-def export_preset(comps, out_dir: str | Path, *, precision: str = "fp32") -> dict:
+def export_preset(comps, out_dir: str | Path, *, precision: str = "fp32", loras=()) -> dict:
     """Write text_encoder.onnx, dit.onnx, vae_decode_{first,step}.onnx, tokenizer/ and
-    manifest.json for built components; returns the manifest."""
+    manifest.json for built components; returns the manifest. `loras` (LoraSpec) are fused into
+    a copy of the DiT first; the manifest lists every LoRA fused into the exported DiT (these
+    and any fused into `comps.transformer` before), and its weight hash covers the fused DiT."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if loras:
+        comps = dataclasses.replace(comps, transformer=copy.deepcopy(comps.transformer))
+        fuse_loras(comps.transformer, loras)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     preset = comps.preset
@@ -142,6 +149,7 @@ def export_preset(comps, out_dir: str | Path, *, precision: str = "fp32") -> dic
         "precision": {k: str(v).removeprefix("torch.") for k, v in dtypes.items()},
         "opset": OPSET,
         "weight_hash": weight_hash(comps.text_encoder, comps.transformer, comps.vae),
+        "loras": fused_loras(comps.transformer),
         "text_len": preset.text_len,
         "latent_channels": preset.latent_channels,
         "vae_stride": [4, 16, 16],
