@@ -46,12 +46,20 @@ def _export(args) -> int:
     from t2vserve.presets import build_components
 
     if args.format == "tensorrt":
+        if args.lora:
+            raise ValueError("--lora fuses into the ONNX export: export with --lora first; "
+                             "--format tensorrt builds plans from the profile's artifacts")
         return _export_tensorrt(args)
+    from t2vserve.export.lora import fuse_loras, parse_lora_arg
 
+    loras = [parse_lora_arg(a) for a in args.lora or []]  # bad syntax or file: before any work
     out = args.out or f"build/artifacts/{args.preset}" + ("" if args.precision == "fp32" else f"-{args.precision}")
     t0 = time.perf_counter()
     print(f"building preset {args.preset} ({'checkpoint ' + args.checkpoint if args.checkpoint else f'random weights, seed {args.seed}'})", flush=True)
     comps = build_components(args.preset, checkpoint=args.checkpoint, seed=args.seed)
+    for record in fuse_loras(comps.transformer, loras):  # in place: --check compares with it
+        print(f"fused LoRA {record['file']} ({record['layout']} layout, scale {record['scale']}, "
+              f"{record['layers']} layers)", flush=True)
     manifest = export_preset(comps, out, precision=args.precision)
     print(f"wrote {out} ({', '.join(manifest['graphs'])}, tokenizer, manifest.json) "
           f"in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -152,6 +160,10 @@ def _ensure_artifacts(profile, *, tensorrt: bool = False) -> None:
 
     if not (profile.artifacts / "manifest.json").exists():
         export(profile.artifacts, profile.data["components"]["dit"]["precision"])
+    from t2vserve.export.variants import ensure_calibrations, ensure_variants
+
+    ensure_variants(profile)  # each LoRA variant's own DiT (t2vserve/sampling.py)
+    ensure_calibrations(profile)  # each step-cache variant's curve, for its DiT's weights
     if tensorrt:
         from t2vserve.export.tensorrt_engine import build_input_dir
 
@@ -159,6 +171,16 @@ def _ensure_artifacts(profile, *, tensorrt: bool = False) -> None:
         if out != profile.artifacts and not ((out / "manifest.json").exists()
                                              and weight_hash(out) == weight_hash(profile.artifacts)):
             export(out, "fp32")
+
+
+def _calibrate_cache(args) -> int:
+    from t2vserve.export.calibrate import calibrate_cache
+    from t2vserve.profile import load_profile
+
+    profile = load_profile(args.profile)
+    _ensure_artifacts(profile)
+    calibrate_cache(profile, args.variant, prompts=args.prompts, steps=args.steps)
+    return 0
 
 
 def _repo_build(args) -> int:
@@ -276,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fp16 keeps FP32 islands (norms, softmax, time embedding); the "
                         "text encoder always stays FP32")
     p.add_argument("--seed", type=int, default=0, help="random-weight seed and check seed")
+    p.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
+                   help="fuse this LoRA (.safetensors, diffusers/PEFT or Wan/lightx2v keys) "
+                        "into the DiT before export, at SCALE (default 1.0); repeatable, "
+                        "fused in order; recorded in manifest.json")
     p.add_argument("--check", action="store_true",
                    help="compare ONNX Runtime with torch per component (FP32 and FP16) and "
                         "for the whole pipeline; exit 1 if FP32 misses its targets")
@@ -335,6 +361,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="build/demo")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("calibrate-cache", help="measure a variant's step-cache curve (mean "
+                                               "prediction magnitude per timestep) into its "
+                                               "artifacts; a profile's variants.<v>.cache "
+                                               "needs it")
+    p.add_argument("--profile", default="profiles/cpu-tiny.yaml")
+    p.add_argument("--variant", help="which variant's DiT (default: the profile's first)")
+    p.add_argument("--prompts", type=int, default=8, help="calibration prompts (default 8)")
+    p.add_argument("--steps", type=int, help="steps (default: the most the limits admit)")
+    p.set_defaults(func=_calibrate_cache)
 
     p = sub.add_parser("gpu-check", help="the served stack on one GPU in one command: DiT MFU, "
                                          "gRPC requests, perf_analyzer c1/c2, memory and "

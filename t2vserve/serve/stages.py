@@ -210,15 +210,13 @@ def lora_specs(profile: Profile, variant: Variant) -> list:
     from t2vserve.export.lora import LoraSpec
 
     specs = []
-    for entry in variant.loras:
-        path, _, scale = str(entry).rpartition(":")
+    for entry in map(str, variant.loras):
+        path, _, scale = entry.rpartition(":")
         try:
-            value = float(scale)
-        except ValueError:
-            path, value = str(entry), 1.0
-        if not path:
-            path, value = str(entry), 1.0
-        specs.append(LoraSpec(resolve_path(profile, path), value))
+            value = float(scale) if path else 1.0
+        except ValueError:  # the colon was the path's own (asset:...)
+            path, value = entry, 1.0
+        specs.append(LoraSpec(resolve_path(profile, path or entry), value))
     return specs
 
 

@@ -16,7 +16,6 @@ and video_encoder maps them from there (`frames`).
 import json
 import time
 import uuid
-from collections import defaultdict
 
 import numpy as np
 import torch
@@ -29,6 +28,10 @@ from t2vserve.runners import device_of, to_device
 from t2vserve.sampling import variants_of
 from t2vserve.schema import RequestValidationError
 from t2vserve.serve import frames, stages, transfers
+from t2vserve.serve.triton_io import (
+    RequestCancelled, batched, bls, bytes_array, error_response, input_array, input_tensor,
+    string_of, to_triton,
+)
 
 
 def _setup(args):
@@ -38,94 +41,6 @@ def _setup(args):
     name = "dit" if config["name"].startswith("dit_") else config["name"]
     threads = int(profile.model(name).get("threads", 0))
     return config, profile, threads
-
-
-def _input(request, name):
-    """A string (or a request's own scalar) input as a host numpy array; None if absent."""
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return None if tensor is None else tensor.as_numpy()
-
-
-def _from_triton(tensor) -> torch.Tensor:
-    """A numeric Triton tensor as a torch tensor on its own device, without a copy."""
-    return torch.from_dlpack(tensor.to_dlpack())
-
-
-def _tensor(request, name):
-    """A numeric input as a torch tensor where Triton put it (GPU or CPU); None if absent."""
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return None if tensor is None else _from_triton(tensor)
-
-
-def _to_triton(name: str, value) -> "pb_utils.Tensor":
-    """A torch tensor (any device) by DLPack, or a numpy array, as a Triton tensor."""
-    if isinstance(value, torch.Tensor):
-        return pb_utils.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(value.contiguous()))
-    return pb_utils.Tensor(name, np.ascontiguousarray(value))
-
-
-def _bytes(value: bytes | str, shape=(1,)) -> np.ndarray:
-    data = value.encode("utf-8") if isinstance(value, str) else value
-    return np.array([data], dtype=np.object_).reshape(shape)
-
-
-def _string(array) -> str:
-    return bytes(np.asarray(array).reshape(-1)[0]).decode("utf-8")
-
-
-class RequestCancelled(Exception):
-    pass
-
-
-def _error(exc: Exception):
-    if isinstance(exc, RequestValidationError):
-        code = pb_utils.TritonError.INVALID_ARG
-    elif isinstance(exc, RequestCancelled):
-        code = pb_utils.TritonError.CANCELLED
-    else:
-        code = pb_utils.TritonError.INTERNAL
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), code))
-
-
-def _concat(parts):
-    return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
-
-
-def _batched(requests, names, run, inputs_of=None):
-    """Dynamic batching in a Python model: concatenate the requests that share shapes, run
-    once, split the outputs back by each request's batch size. If a merged run fails, each
-    of its requests runs alone, so one bad request fails itself and not its batchmates.
-    `inputs_of(request)` gives a request's inputs (tensors or arrays) where they are not
-    just its numeric `names`."""
-    responses = [None] * len(requests)
-    groups = defaultdict(list)
-    for i, r in enumerate(requests):
-        arrays = inputs_of(r) if inputs_of else [_tensor(r, n) for n in names]
-        groups[tuple(tuple(a.shape[1:]) for a in arrays)].append((i, arrays))
-
-    def run_group(members):
-        batch = [_concat([m[1][k] for m in members]) for k in range(len(members[0][1]))]
-        outputs = run(*batch)
-        offset = 0
-        for i, arrays in members:
-            n = arrays[0].shape[0]
-            responses[i] = pb_utils.InferenceResponse(
-                [_to_triton(name, v[offset:offset + n]) for name, v in outputs.items()])
-            offset += n
-
-    for members in groups.values():
-        try:
-            run_group(members)
-        except Exception as exc:
-            if len(members) == 1:
-                responses[members[0][0]] = _error(exc)
-                continue
-            for member in members:
-                try:
-                    run_group([member])
-                except Exception as exc_one:
-                    responses[member[0]] = _error(exc_one)
-    return responses
 
 
 # The request parameter that names the t2v request a text_encoder call is for. Triton's
@@ -145,9 +60,9 @@ class TextEncoderModel:
 
     def _execute(self, requests):
         def inputs_of(r):
-            prompts = _input(r, "prompt_text")
+            prompts = input_array(r, "prompt_text")
             for_request = str(json.loads(r.parameters() or "{}").get(COMPUTED_FOR, ""))
-            return [prompts, _input(r, "negative_text"),
+            return [prompts, input_array(r, "negative_text"),
                     np.array([[for_request.encode()]] * len(prompts), dtype=np.object_)]
 
         def run(prompts, negatives, for_requests):
@@ -159,7 +74,7 @@ class TextEncoderModel:
                      for f in for_requests]
             return {"prompt_embeds": embeds,
                     "text_info": np.array(infos, dtype=np.object_).reshape(-1, 1)}
-        return _batched(requests, ["prompt_text", "negative_text"], run, inputs_of)
+        return batched(requests, ["prompt_text", "negative_text"], run, inputs_of)
 
 
 class DitModel:
@@ -187,11 +102,11 @@ class DitModel:
             return self.runner.run({k: to_device(v, device) for k, v in feed.items()})
 
         # requests carrying an injected fault run on their own, like a failing member of a
-        # batch would after _batched's retry
+        # batch would after batched's retry
         responses = [None] * len(requests)
         plain = []
         for i, r in enumerate(requests):
-            fault = _input(r, "fault")
+            fault = input_array(r, "fault")
             if fault is None:
                 plain.append(i)
                 continue
@@ -201,35 +116,16 @@ class DitModel:
                     raise RequestValidationError("fault injection is disabled in this profile")
                 if kind == "raise":
                     raise RuntimeError("dit runner failed (injected fault)")
-                outputs = run(*[_tensor(r, n) for n in names])
+                outputs = run(*[input_tensor(r, n) for n in names])
                 if kind != "nan":
                     raise RequestValidationError(f"fault must be raise or nan, got {kind!r}")
                 responses[i] = pb_utils.InferenceResponse(
-                    [_to_triton(n, torch.full_like(v, float("nan"))) for n, v in outputs.items()])
+                    [to_triton(n, torch.full_like(v, float("nan"))) for n, v in outputs.items()])
             except Exception as exc:
-                responses[i] = _error(exc)
-        for i, response in zip(plain, _batched([requests[i] for i in plain], names, run)):
+                responses[i] = error_response(exc)
+        for i, response in zip(plain, batched([requests[i] for i in plain], names, run)):
             responses[i] = response
         return responses
-
-
-def _bls(model: str, inputs: dict, outputs: list[str], parameters: dict | None = None,
-         strings: tuple[str, ...] = ()) -> dict:
-    """One call to another model of this server; an error there becomes an exception here.
-    Inputs are tensors (sent by DLPack from their device) or numpy arrays; outputs come back
-    as torch tensors where the producer left them, the `strings` ones as numpy arrays."""
-    request = pb_utils.InferenceRequest(
-        model_name=model, requested_output_names=outputs,
-        inputs=[_to_triton(name, value) for name, value in inputs.items()],
-        **({"parameters": parameters} if parameters else {}))
-    response = request.exec()
-    if response.has_error():
-        raise RuntimeError(f"{model}: {response.error().message()}")
-    out = {}
-    for name in outputs:
-        tensor = pb_utils.get_output_tensor_by_name(response, name)
-        out[name] = tensor.as_numpy() if name in strings else _from_triton(tensor)
-    return out
 
 
 class BlsDit:
@@ -252,7 +148,7 @@ class BlsDit:
         if self.fault:
             n = inputs["latents"].shape[0]
             inputs["fault"] = np.array([[self.fault.encode()]] * n, dtype=np.object_)
-        out = _bls(self.model, inputs, ["noise_pred"])
+        out = bls(self.model, inputs, ["noise_pred"])
         return {n: to_device(v, self.device) for n, v in out.items()}
 
 
@@ -298,7 +194,7 @@ class T2VModel:
     def _one(self, r):
         handle = None
         try:
-            values = {n: _input(r, n) for n in stages.REQUEST_INPUTS}
+            values = {n: input_array(r, n) for n in stages.REQUEST_INPUTS}
             variant, model_id = stages.pick_variant(values, self.variants)
             req = stages.parse_request(values, self.profile, self.tokenizer, variant)
             this_request = uuid.uuid4().hex
@@ -316,12 +212,12 @@ class T2VModel:
 
             # 1. text (Triton's response cache answers a repeated prompt pair)
             t0 = time.perf_counter()
-            text = _bls("text_encoder", {"prompt_text": _bytes(req.prompt, (1, 1)),
-                                         "negative_text": _bytes(req.negative_prompt, (1, 1))},
+            text = bls("text_encoder", {"prompt_text": bytes_array(req.prompt, (1, 1)),
+                                         "negative_text": bytes_array(req.negative_prompt, (1, 1))},
                         ["prompt_embeds", "text_info"], {COMPUTED_FOR: this_request},
                         strings=("text_info",))
             text_ms = round((time.perf_counter() - t0) * 1e3, 2)
-            text_info = json.loads(_string(text["text_info"]))
+            text_info = json.loads(string_of(text["text_info"]))
             embeds = text["prompt_embeds"][0]
             if req.guidance_scale <= 1.0:  # no unconditional pass, as WanPipeline
                 embeds = embeds[:1]
@@ -337,12 +233,12 @@ class T2VModel:
                 sampling=variant.sampling, stats=spent)
             denoise_ms = round((time.perf_counter() - t0) * 1e3, 2)
             # 3. decode: the frames go to the frame store, a handle comes back
-            vae = _bls("vae_decoder", {"latents": latents.float()}, ["frames_handle", "vae_ms"],
+            vae = bls("vae_decoder", {"latents": latents.float()}, ["frames_handle", "vae_ms"],
                        strings=("frames_handle",))
-            handle = _string(vae["frames_handle"])
+            handle = string_of(vae["frames_handle"])
             check("after the VAE")
             # 4. encode, from the frame store
-            out = _bls("video_encoder", {"frames_handle": _bytes(handle),
+            out = bls("video_encoder", {"frames_handle": bytes_array(handle),
                                          "fps": np.array([req.fps], np.int32)},
                        ["video", "qc", "encode_ms"], strings=("video",))
             qc = out["qc"].cpu().numpy()
@@ -358,9 +254,9 @@ class T2VModel:
                 cache_hit=text_info["computed_for"] != this_request, dit_calls=spent["dit_calls"])
             return pb_utils.InferenceResponse([pb_utils.Tensor("video", out["video"]),
                                                pb_utils.Tensor("qc", qc),
-                                               pb_utils.Tensor("info", _bytes(info))])
+                                               pb_utils.Tensor("info", bytes_array(info))])
         except Exception as exc:
-            return _error(exc)
+            return error_response(exc)
         finally:
             if handle is not None:
                 frames.discard(handle)
@@ -383,7 +279,7 @@ class VaeDecoderModel:
             ms = np.full((len(latents), 1), (time.perf_counter() - t0) * 1e3, np.float32)
             return {"frames_handle": np.array([[h.encode()] for h in handles], np.object_),
                     "vae_ms": ms}
-        return _batched(requests, ["latents"], run)
+        return batched(requests, ["latents"], run)
 
 
 class VideoEncoderModel:
@@ -399,17 +295,17 @@ class VideoEncoderModel:
         responses = []
         for r in requests:
             try:
-                fps = int(_input(r, "fps").reshape(-1)[0])
+                fps = int(input_array(r, "fps").reshape(-1)[0])
                 if not lo <= fps <= hi:
                     raise RequestValidationError(f"fps must be in [{lo}, {hi}], got {fps}")
-                clip = frames.take(_string(_input(r, "frames_handle")))
+                clip = frames.take(string_of(input_array(r, "frames_handle")))
                 t0 = time.perf_counter()
                 video, qc = stages.encode_video(clip, fps)
                 ms = np.array([(time.perf_counter() - t0) * 1e3], np.float32)
                 responses.append(pb_utils.InferenceResponse([
-                    pb_utils.Tensor("video", _bytes(video)),
+                    pb_utils.Tensor("video", bytes_array(video)),
                     pb_utils.Tensor("qc", np.asarray(qc, np.float32)),
                     pb_utils.Tensor("encode_ms", ms)]))
             except Exception as exc:
-                responses.append(_error(exc))
+                responses.append(error_response(exc))
         return responses
