@@ -209,6 +209,7 @@ def profile_data(preset: str, device: str, artifacts: Path, ports: list[int]) ->
 
     plan = PLANS[preset]
     data = yaml.safe_load((Path(t2vserve.profiles.__file__).parent / "cpu-tiny.yaml").read_text())
+    data.pop("variants", None)  # cpu-tiny's variants (a tiny LoRA student) are not this preset's
     gpu = device != "cpu"
     precision = plan["gpu_precision"] if gpu else "fp32"
     gpu_id = int(device.partition(":")[2] or 0) if gpu else None
