@@ -1,5 +1,6 @@
 """`t2vserve bench gpu`: the networks' latency and MFU on this machine (see perf/bench_gpu.py).
-`t2vserve bench encoder`: x264 held to AVX2 against its own detection (perf/bench_encoder.py)."""
+`t2vserve bench encoder`: x264 held to AVX2 against its own detection (perf/bench_encoder.py).
+`t2vserve bench sampling`: quality against cost of the sampling modes, served (perf/sampling_table.py)."""
 
 
 def _parse_shapes(values: list[str]) -> list[tuple[int, int, int]]:
@@ -46,6 +47,40 @@ def _bench_encoder(args) -> int:
     return 0
 
 
+def _bench_sampling(args) -> int:
+    import json
+    from pathlib import Path
+
+    from t2vserve.perf.sampling_report import markdown, merge, write
+    from t2vserve.perf.sampling_table import default_rows, distilled_available, run_table
+
+    if args.prompts is not None and not 1 <= args.prompts <= 16:
+        raise ValueError(f"--prompts must be 1..16 (of the 16 colour prompts), got {args.prompts}")
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    rows = default_rows(distilled=distilled_available())
+    if args.only:
+        wanted = [v.strip() for v in args.only.split(",") if v.strip()]
+        known = sorted({r.variant for r in rows[1:]})
+        if not wanted or any(v not in known for v in wanted):
+            raise ValueError(f"--only takes variants among {', '.join(known)}, got {args.only!r}")
+        rows = rows[:1] + [r for r in rows[1:] if r.variant in wanted]
+    if args.merge_into and not Path(args.merge_into).exists():
+        raise ValueError(f"--merge-into {args.merge_into}: no such result")
+    result = run_table(args.profile, rows=rows, prompts=args.prompts,
+                       seeds=tuple(range(args.seeds)), work_dir=args.work_dir,
+                       log=lambda s: print(s, flush=True))
+    if args.merge_into:
+        result = merge(json.loads(Path(args.merge_into).read_text()), result)
+    path = write(result, args.out_dir)
+    print(markdown(result))
+    print(f"wrote {path} (+ .md)")
+    for t in result["targets"]:
+        if not t["met"]:
+            print(f"MISSED: {t['target']}: {'; '.join(t['figures'])}")
+    return 0  # a missed target is a finding, not a failure
+
+
 def register(sub) -> None:
     p = sub.add_parser("bench", help="micro-benchmarks of the networks on this machine")
     bench = p.add_subparsers(dest="bench_command", required=True)
@@ -82,3 +117,22 @@ def register(sub) -> None:
                         "non-determinism shows (default 40; 0 skips it)")
     e.add_argument("--out-dir", default="perf/results")
     e.set_defaults(func=_bench_encoder)
+
+    s = bench.add_parser("sampling", help="the sampling modes (base 50/20/8 steps, two step-cache "
+                                          "thresholds, a CFG interval, the distilled 4-step "
+                                          "student) served by tritonserver: DiT forwards, wall "
+                                          "time, PSNR/SSIM to base 50, colour adherence; writes "
+                                          "<out-dir>/sampling-<date>-<host>.json and .md")
+    s.add_argument("--profile", default="profiles/cpu-tiny.yaml",
+                   help="the profile the table's copy starts from (default cpu-tiny)")
+    s.add_argument("--prompts", type=int, help="the first N of the 16 colour prompts (default 16)")
+    s.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 per prompt (default 2)")
+    s.add_argument("--work-dir", default="build/sampling-table",
+                   help="the table's profile, repository and server log")
+    s.add_argument("--only", metavar="VARIANT[,VARIANT]",
+                   help="measure only these variants' rows (and the base reference)")
+    s.add_argument("--merge-into", metavar="JSON",
+                   help="add the rows measured to this earlier table (its reference clips must "
+                        "come out identical) and write the merged table")
+    s.add_argument("--out-dir", default="perf/results")
+    s.set_defaults(func=_bench_sampling)
