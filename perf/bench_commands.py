@@ -61,10 +61,10 @@ def _bench_sampling(args) -> int:
     rows = default_rows(distilled=distilled_available())
     if args.only:
         wanted = [v.strip() for v in args.only.split(",") if v.strip()]
-        known = sorted({r.variant for r in rows[1:]})
+        known = sorted({r.group or r.variant for r in rows[1:]})
         if not wanted or any(v not in known for v in wanted):
             raise ValueError(f"--only takes variants among {', '.join(known)}, got {args.only!r}")
-        rows = rows[:1] + [r for r in rows[1:] if r.variant in wanted]
+        rows = rows[:1] + [r for r in rows[1:] if (r.group or r.variant) in wanted]
     if args.merge_into and not Path(args.merge_into).exists():
         raise ValueError(f"--merge-into {args.merge_into}: no such result")
     result = run_table(args.profile, rows=rows, prompts=args.prompts,

@@ -74,7 +74,12 @@ def check_targets(table: list[dict], prompts: int,
                         f"colour {student['colour_hits_mean']:g}/{prompts} (per seed "
                         f"{student['colour_hits_per_seed']}; needs >= {need:g}), PSNR "
                         f"{student['psnr_db_mean']} dB, SSIM {student['ssim_mean']}"
-                        f" -> {'met' if ok else 'missed'}"]})
+                        f" -> {'met' if ok else 'missed'}"]
+                       + [f"control, {c['row']} (the undistilled model at the same steps and "
+                          f"guidance): colour {c['colour_hits_mean']:g}/{prompts}, PSNR "
+                          f"{c['psnr_db_mean']} dB, SSIM {c['ssim_mean']}" for c in table
+                          if c["mode"] == "base" and c["steps"] == student["steps"]
+                          and c["guidance_scale"] <= 1.0]})
     return targets
 
 
@@ -149,7 +154,7 @@ def markdown(result: dict) -> str:
             mode += f", cache {r['cache']['threshold']:g}/{r['cache']['max_skips']}"
         if r["guidance_interval"]:
             mode += f", CFG on {r['guidance_interval']}"
-        if r["mode"] == "few_step":
+        if r["mode"] == "few_step" or r["guidance_scale"] <= 1.0:
             mode += f", guidance {r['guidance_scale']:g}"
         if r is result["rows"][0]:
             psnr, ss = "reference", "reference"

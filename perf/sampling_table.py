@@ -5,7 +5,8 @@ One tritonserver serves a copy of the profile with these model variants: `base`,
 thresholds, a CFG interval and, where its asset exists, the distilled 4-step student. Every
 row sends the 16 colour prompts (8 colours x English and Chinese) x the seeds at 128x128x17:
 base at 50 steps (the reference clip), 20 and 8 steps, each cache at 50, the CFG interval at
-50, the student at its own 4 steps. Per row: DiT forwards per video (from `info`), wall time
+50, the student at its own 4 steps and, as its control, the undistilled base at 4 steps
+without CFG. Per row: DiT forwards per video (from `info`), wall time
 against the reference (sequential requests at concurrency 1, rows interleaved per prompt and
 seed so drift on a shared machine lands on every row alike), PSNR and SSIM of the decoded clip
 to the reference clip of the same prompt and seed, and colour adherence (`dominant_hue` of the
@@ -46,6 +47,8 @@ class Row:
     label: str
     variant: str
     steps: int | None  # None: the variant's own (few-step)
+    guidance: float | None = GUIDANCE  # None: the variant's own (few-step)
+    group: str | None = None  # what `--only` selects it by (default its variant)
 
 
 def colour_prompts(n: int | None = None) -> list[tuple[str, str, str]]:
@@ -82,7 +85,10 @@ def default_rows(reference_steps: int = REFERENCE_STEPS, distilled: bool = True)
             Row(f"cache-hi {reference_steps}", "cache-hi", reference_steps),
             Row(f"cfg-interval {reference_steps}", "cfg-interval", reference_steps)]
     if distilled:
-        rows.append(Row(f"distilled {DISTILLED_STEPS}", "distilled", None))
+        rows.append(Row(f"distilled {DISTILLED_STEPS}", "distilled", None, None))
+        # the control: the base model at the student's steps and guidance, undistilled
+        rows.append(Row(f"base {DISTILLED_STEPS}, no CFG", "base", DISTILLED_STEPS, 1.0,
+                        group="distilled"))
     return rows
 
 
@@ -165,7 +171,7 @@ def _generate(client, row: Row, prompt: str, seed: int, size) -> dict:
     width, height, frames = size
     t0 = time.perf_counter()
     video = client.generate(prompt, width=width, height=height, num_frames=frames,
-                            steps=row.steps, guidance_scale=GUIDANCE if row.steps else None,
+                            steps=row.steps, guidance_scale=row.guidance,
                             seed=seed, model_variant=row.variant)
     wall = time.perf_counter() - t0
     clip, _ = decode_mp4(video.mp4)

@@ -1,8 +1,8 @@
 """`t2vserve bench sampling` on a reduced set through a real tritonserver: 2 colour prompts x 1
-seed, base at 8 steps (the reference), base at 3, a step cache and a CFG interval at 8, at
-64x64x5. The DiT forwards each row reports must be what its mode implies, the reference
-against itself identical, a cache row cheaper than its base; the measures and the targets'
-verdicts are checked on figures where the answer is known."""
+seed, base at 8 steps (the reference), base at 3, a step cache and a CFG interval at 8, base
+at 2 without CFG, at 64x64x5. The DiT forwards each row reports must be what its mode
+implies, the reference against itself identical, a cache row cheaper than its base; the
+measures and the targets' verdicts are checked on figures where the answer is known."""
 
 import json
 
@@ -18,7 +18,8 @@ from .conftest import make_profile
 VARIANTS = {"base": {}, "cache-hi": {"cache": {"threshold": 0.5, "max_skips": 2}},
             "cfg-interval": {"guidance_interval": [0.0, 0.5]}}
 ROWS = [Row("base 8", "base", 8), Row("base 3", "base", 3),
-        Row("cache-hi 8", "cache-hi", 8), Row("cfg-interval 8", "cfg-interval", 8)]
+        Row("cache-hi 8", "cache-hi", 8), Row("cfg-interval 8", "cfg-interval", 8),
+        Row("base 2, no CFG", "base", 2, 1.0)]
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,8 @@ def test_rows_spend_the_forwards_their_mode_implies(result):
     assert rows["base 8"]["dit_forwards_min"] == rows["base 8"]["dit_forwards_max"] == 16
     assert rows["base 3"]["dit_forwards_mean"] == 6
     assert rows["cfg-interval 8"]["dit_forwards_mean"] == 4 * 2 + 4  # CFG on steps 0..3
+    assert rows["base 2, no CFG"]["dit_forwards_mean"] == 2
+    assert rows["base 2, no CFG"]["guidance_scale"] == 1.0
     cached = rows["cache-hi 8"]
     assert cached["cached_steps_mean"] > 0
     assert cached["dit_forwards_mean"] == 2 * (8 - cached["cached_steps_mean"]) < 16
