@@ -1,14 +1,17 @@
 """Model variants through the served stack: a step-cached and a base request at different
 step counts share dit's batches and still give exactly the clips each gives alone; a
-few-step variant's contract; an unknown variant."""
+few-step variant's contract; the shipped distilled student (a LoRA, its own DiT model) end
+to end; an unknown variant."""
 
 import concurrent.futures
+import json
 
 import pytest
 import yaml
 
 from t2vserve.client import InvalidRequest, T2VClient
-from t2vserve.export.variants import ensure_calibrations
+from t2vserve.export.variants import ensure_calibrations, ensure_variants
+from t2vserve.sampling import ASSETS
 from t2vserve.profile import load_profile
 from t2vserve.serve.repository import render_repository
 from t2vserve.serve.server import ServerConfig, start, stop, wait_ready
@@ -20,6 +23,8 @@ VARIANTS = {
     "cached": {"cache": {"threshold": 0.5, "max_skips": 2}},
     "few": {"sampling": {"mode": "few_step", "steps": 4, "sigmas": [1.0, 0.75, 0.5, 0.25, 0.0],
                          "guidance_scale": 1.0}},
+    "distilled": {"lora": ["asset:tiny-distilled/lora.safetensors"],
+                  "sampling": "asset:tiny-distilled/sampling.json"},
 }
 
 
@@ -33,9 +38,10 @@ def url(tiny_artifacts, tmp_path_factory):
     data["models"]["dit"].update(max_queue_delay_us=200000, max_batch_size=4)
     path = tmp / "profiles" / "variants.yaml"
     path.parent.mkdir()
-    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False))  # order: default first
     profile = load_profile(path)
-    ensure_calibrations(profile)  # what `serve` does for a cache variant without its curve
+    ensure_variants(profile)  # what `serve` does: the student's DiT, its LoRA fused
+    ensure_calibrations(profile)  # and a cache variant's curve
     repo = render_repository(profile, tmp / "repo")
     http, grpc, metrics = free_ports(3)
     cfg = ServerConfig.from_profile(profile, repo, http_port=http, grpc_port=grpc,
@@ -50,11 +56,11 @@ def url(tiny_artifacts, tmp_path_factory):
     stop(proc)
 
 
-def _dit_counts(url):
+def _dit_counts(url, model="dit"):
     import tritonclient.grpc as grpcclient
 
     c = grpcclient.InferenceServerClient(url)
-    s = c.get_inference_statistics(model_name="dit", as_json=True)["model_stats"][0]
+    s = c.get_inference_statistics(model_name=model, as_json=True)["model_stats"][0]
     c.close()
     return int(s.get("inference_count", 0)), int(s.get("execution_count", 0))
 
@@ -95,7 +101,22 @@ def test_a_few_step_variant_serves_its_steps_and_refuses_others(url):
     with pytest.raises(InvalidRequest, match=r"samples few-step: exactly 4 steps at "
                                              r"guidance_scale 1 \(no CFG\); got steps=8"):
         _generate(url, dict(prompt="a green ball", variant="few", steps=8, seed=3))
-    with pytest.raises(InvalidRequest, match="model_variant must be one of base, cached, few"):
+    with pytest.raises(InvalidRequest, match="model_variant must be one of base, cached, few, "
+                                             "distilled"):
         _generate(url, dict(prompt="a green ball", variant="turbo", steps=4, seed=3))
     # the server is fine afterwards
     assert _generate(url, dict(prompt="a green ball", variant="base", steps=2, seed=3)).mp4
+
+
+def test_the_distilled_student_runs_on_its_own_dit(url):
+    sampling = json.loads((ASSETS / "tiny-distilled" / "sampling.json").read_text())
+    before = _dit_counts(url, "dit_distilled")
+    video = _generate(url, dict(prompt="a red cup on a white studio background, still",
+                                variant="distilled", steps=None, seed=3))
+    assert _dit_counts(url, "dit_distilled")[0] - before[0] == sampling["steps"]
+    assert video.info["sampling"]["mode"] == "few_step"
+    assert video.info["sampling"]["dit_forwards"] == sampling["steps"]  # no CFG
+    base = _generate(url, dict(prompt="a red cup on a white studio background, still",
+                               variant="base", steps=4, seed=3))
+    assert video.info["model"] != base.info["model"]  # the fused weights' id
+    assert video.mp4 != base.mp4
