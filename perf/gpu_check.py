@@ -27,6 +27,7 @@ import yaml
 
 from t2vserve.perf.gpu_check_report import write_result
 from t2vserve.perf.stage_memory import memory_by_stage, stage_processes
+from t2vserve.serve.server import free_ports
 
 # What each preset's check serves and asks for. requests: (width, height, frames, steps);
 # the first size is also perf_analyzer's (the profile's defaults).
@@ -94,18 +95,6 @@ class Phases:
     def over(self) -> list[str]:
         return [f"{p.name} took {p.seconds:.0f} s of its {p.budget_s:.0f} s"
                 for p in self.done if p.budget_s is not None and p.seconds > p.budget_s]
-
-
-def free_ports(n: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def versions() -> dict:

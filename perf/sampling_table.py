@@ -16,7 +16,6 @@ clip is the prompt's colour).
 import datetime as dt
 import hashlib
 import json
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import yaml
 
 from t2vserve.perf.clip_quality import psnr_db, ssim
 from t2vserve.perf.sampling_report import DISTILLED_STEPS, REFERENCE_STEPS, check_targets
+from t2vserve.serve.server import free_ports
 
 DISTILLED_ASSET = "tiny-distilled"
 SIZE = (128, 128, 17)
@@ -111,16 +111,6 @@ def write_profile(source: str | Path, out_dir: Path, variants: dict, ports: list
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False))
     return path
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def prepare_artifacts(profile, *, calibration_prompts: int = 8,

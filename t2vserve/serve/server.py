@@ -78,6 +78,19 @@ class ServerConfig:
 CONTROL_HEADER = "x-t2vserve-control"
 
 
+def free_ports(n: int) -> list[int]:
+    """n loopback ports free right now (the OS picks them), for a server of one's own."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
 def _libpython_dir() -> str | None:
     """The stub embeds whatever libpython3.X.so the loader finds first (here Debian's 3.11.2)
     but imports the venv's stdlib extension modules, built against this interpreter (e.g.

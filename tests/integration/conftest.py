@@ -1,6 +1,5 @@
 """A real tritonserver on free loopback ports, serving the session's tiny export."""
 
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,19 +8,9 @@ import yaml
 
 from t2vserve.profile import Profile, load_profile
 from t2vserve.serve.repository import render_repository
-from t2vserve.serve.server import ServerConfig, start, stop, wait_ready
+from t2vserve.serve.server import ServerConfig, free_ports, start, stop, wait_ready  # noqa: F401
 
 PROJECT = Path(__file__).resolve().parents[2]
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @dataclass
