@@ -28,14 +28,14 @@ place (cross-attention and FFN layers with alphas), so a dict reused for a secon
 be scaled twice.
 """
 
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
+
+from t2vserve.client.batch import sha256_file
 
 LAYOUTS = {"transformer.": "diffusers", "diffusion_model.": "wan"}
 SYNTAX = "--lora PATH[:SCALE], e.g. --lora lightning.safetensors:0.8 (SCALE defaults to 1.0)"
@@ -71,14 +71,6 @@ def parse_lora_arg(arg: str) -> LoraSpec:
     return LoraSpec(Path(path), scale)
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fused_loras(transformer: nn.Module) -> list[dict]:
     """The records of every LoRA fused into `transformer` so far, in order."""
     return list(getattr(transformer, FUSED_ATTR, []))
@@ -108,7 +100,7 @@ def _fuse_one(transformer: Any, spec: LoraSpec) -> dict:  # diffusers' PeftAdapt
         raise ValueError("the transformer holds unfused LoRA adapters; fuse_loras takes a plain "
                          "WanTransformer3DModel")
     layout = _layout(path)
-    sha256 = file_sha256(path)
+    sha256 = sha256_file(path)
     try:  # from the file every time (see the module docstring)
         state_dict, metadata = WanLoraLoaderMixin.lora_state_dict(
             str(path), return_lora_metadata=True)

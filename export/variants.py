@@ -18,7 +18,7 @@ from t2vserve.sampling import Variant, variant_dir
 def variant_is_current(profile, variant: Variant) -> bool:
     """Whether the variant's export exists for these LoRA files (same hashes and scales) and
     for the current base weights."""
-    import hashlib
+    from t2vserve.client.batch import sha256_file
 
     path = variant_dir(profile, variant) / "manifest.json"
     base = profile.artifacts / "manifest.json"
@@ -27,7 +27,7 @@ def variant_is_current(profile, variant: Variant) -> bool:
     from t2vserve.serve.stages import lora_specs
 
     manifest = json.loads(path.read_text())
-    wanted = [(hashlib.sha256(s.path.read_bytes()).hexdigest(), float(s.scale))
+    wanted = [(sha256_file(s.path), float(s.scale))
               for s in lora_specs(profile, variant)]
     have = [(r.get("sha256"), float(r.get("scale", 1.0))) for r in manifest.get("loras", [])]
     return wanted == have and manifest.get("base_weight_hash") == \

@@ -11,6 +11,8 @@ from safetensors.torch import save_file
 
 from t2vserve.export.lora import LoraSpec, fuse_loras, fused_loras, parse_lora_arg
 
+from .test_pipeline import wan_pipeline_frames
+
 RANK = 4
 # diffusers' module name -> the original Wan name (self-attention, cross-attention, FFN: the
 # converter treats the three differently, and rescaled the last two in place)
@@ -201,28 +203,6 @@ def test_cli_refuses_a_bad_lora_argument(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def _wan_pipeline_frames(tiny, transformer, lora, scale, request):
-    from diffusers import UniPCMultistepScheduler, WanPipeline
-
-    # built as tests/unit/test_pipeline.py builds its reference
-    scheduler = UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0,
-        num_train_timesteps=1000, solver_order=2, final_sigmas_type="zero")
-    wan = WanPipeline(tokenizer=tiny.tokenizer, text_encoder=tiny.text_encoder,
-                      transformer=transformer, vae=tiny.vae, scheduler=scheduler,
-                      expand_timesteps=True)
-    wan.set_progress_bar_config(disable=True)
-    if lora is not None:
-        wan.load_lora_weights(str(lora))
-        wan.fuse_lora(lora_scale=scale)
-    out = wan(prompt=request.prompt, negative_prompt=request.negative_prompt,
-              width=request.width, height=request.height, num_frames=request.num_frames,
-              num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
-              generator=torch.Generator("cpu").manual_seed(request.seed), output_type="np",
-              max_sequence_length=tiny.preset.text_len).frames[0]
-    return np.round(out * 255).astype(np.uint8)
-
-
 REQUEST = dict(prompt="a red cup rotating slowly on a wooden table", negative_prompt="模糊，静止",
                width=64, height=64, num_frames=5, steps=2, guidance_scale=5.0, seed=7)
 
@@ -245,8 +225,9 @@ def lightning(tiny, tmp_path_factory):
     request = GenerationRequest(**REQUEST)
     factors = _factors(tiny.transformer, MODULES, seed=6, alphas=[8.0, 2.0])
     lora = _save_wan(tmp_path_factory.mktemp("lora") / "lightning.safetensors", factors)
-    theirs = _wan_pipeline_frames(tiny, copy.deepcopy(tiny.transformer), lora, 0.8, request)
-    plain = _wan_pipeline_frames(tiny, copy.deepcopy(tiny.transformer), None, 1.0, request)
+    theirs = wan_pipeline_frames(tiny, request, transformer=copy.deepcopy(tiny.transformer),
+                                 lora=lora, scale=0.8)
+    plain = wan_pipeline_frames(tiny, request, transformer=copy.deepcopy(tiny.transformer))
     return lora, 0.8, request, theirs, plain
 
 

@@ -17,17 +17,24 @@ def pipe(tiny):
     return Pipeline.from_components(tiny)
 
 
-def _wan_pipeline_frames(tiny, request: GenerationRequest) -> np.ndarray:
+def wan_pipeline_frames(tiny, request: GenerationRequest, *, transformer=None, lora=None,
+                        scale: float = 1.0) -> np.ndarray:
+    """diffusers' WanPipeline over the tiny components (its `transformer` if given), with a
+    LoRA file loaded and fused at `scale` if given: the reference other tests compare with."""
     from diffusers import UniPCMultistepScheduler, WanPipeline
 
     # The scheduler as Wan2.2-TI2V-5B-Diffusers ships it.
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0,
         num_train_timesteps=1000, solver_order=2, final_sigmas_type="zero")
+    transformer = tiny.transformer if transformer is None else transformer
     wan = WanPipeline(tokenizer=tiny.tokenizer, text_encoder=tiny.text_encoder,
-                      transformer=tiny.transformer, vae=tiny.vae, scheduler=scheduler,
+                      transformer=transformer, vae=tiny.vae, scheduler=scheduler,
                       expand_timesteps=True)
     wan.set_progress_bar_config(disable=True)
+    if lora is not None:
+        wan.load_lora_weights(str(lora))
+        wan.fuse_lora(lora_scale=scale)
     out = wan(prompt=request.prompt, negative_prompt=request.negative_prompt,
               width=request.width, height=request.height, num_frames=request.num_frames,
               num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
@@ -40,7 +47,7 @@ def test_frames_equal_diffusers_wan_pipeline(tiny, pipe):
     # Tolerance: at most 1 of 255 on any pixel. The only numeric difference is that we run
     # the conditional and unconditional DiT passes as one batch of 2 (WanPipeline: two
     # batches of 1), which can move a float32 result by an ulp and a rounding by one level.
-    theirs = _wan_pipeline_frames(tiny, REQUEST)
+    theirs = wan_pipeline_frames(tiny, REQUEST)
     ours = pipe.generate(REQUEST)
     assert ours.shape == theirs.shape == (9, 96, 128, 3)
     diff = np.abs(ours.astype(int) - theirs.astype(int))
