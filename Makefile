@@ -18,13 +18,14 @@ setup: $(STAMP)
 # into the venv's bin/, so the installed tritonclient stays the declared 2.73.0.
 PA_WHEEL := tritonclient==2.50.0
 $(STAMP): pyproject.toml Makefile
-	@if ! dpkg -s libb64-0d >/dev/null 2>&1; then \
-		echo "installing libb64-0d (perf_analyzer needs it)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libb64-0d; \
+	@if ! dpkg -s libb64-0d redis-server >/dev/null 2>&1; then \
+		echo "installing libb64-0d (perf_analyzer needs it) and redis-server (the jobs queue)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			libb64-0d redis-server; \
 	fi
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check torch==2.13.0
-	$(PIP) install -q --disable-pip-version-check -e '.[server,dev]'
+	$(PIP) install -q --disable-pip-version-check -e '.[server,jobs,dev]'
 	$(PIP) check
 	rm -rf build/pa-wheel && $(PIP) download -q --disable-pip-version-check --no-deps \
 		$(PA_WHEEL) -d build/pa-wheel
