@@ -1,0 +1,1 @@
+"""The async jobs service: the /v1/videos API, job records in Redis, Dramatiq workers, storage, webhooks."""
