@@ -51,9 +51,11 @@ REQUEST_ID = web.RequestKey("request_id", str)
 class GatewayError(Exception):
     """An answer other than a video; the middleware turns it into the JSON error body."""
 
-    def __init__(self, status: int, code: str, message: str, param: str | None = None):
+    def __init__(self, status: int, code: str, message: str, param: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.param = status, code, message, param
+        self.headers = headers
 
 
 def _bad(code: str, message: str, param: str | None = None) -> GatewayError:
@@ -145,7 +147,8 @@ async def json_errors(request: web.Request, handler) -> web.StreamResponse:
     try:
         response = await handler(request)
     except GatewayError as exc:
-        response = error_response(exc.status, exc.code, exc.message, exc.param, rid)
+        response = error_response(exc.status, exc.code, exc.message, exc.param, rid,
+                                  exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             exc.headers["X-Request-Id"] = rid
@@ -173,6 +176,14 @@ def _param_named(message: str) -> str | None:
 
 def make_app(url: str, *, default_timeout: float | None = 600.0) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
+    install(app, url, default_timeout=default_timeout)
+    return app
+
+
+def install(app: web.Application, url: str, *, default_timeout: float | None = 600.0,
+            healthz: bool = True) -> None:
+    """POST /t2v/generate (and GET /healthz) on `app`, with its gRPC client to `url`; the
+    jobs service (t2vserve.jobs.api) mounts the same route."""
 
     async def startup(app):
         app[CLIENT] = AsyncT2VClient(url)
@@ -204,7 +215,7 @@ def make_app(url: str, *, default_timeout: float | None = 600.0) -> web.Applicat
                                              ("model", "stages_ms", "cache_hit")})}
         return web.Response(body=video.mp4, content_type="video/mp4", headers=headers)
 
-    async def healthz(request: web.Request) -> web.Response:
+    async def health(request: web.Request) -> web.Response:
         try:
             ready = await app[CLIENT].client.is_server_ready()
         except Exception:
@@ -212,10 +223,12 @@ def make_app(url: str, *, default_timeout: float | None = 600.0) -> web.Applicat
         return web.json_response({"ready": bool(ready)}, status=200 if ready else 503)
 
     app.router.add_post("/t2v/generate", generate)
-    app.router.add_get("/healthz", healthz)
+    if healthz:
+        app.router.add_get("/healthz", health)
     app.on_startup.append(startup)
     app.on_cleanup.append(cleanup)
-    return app
+
+
 
 
 def serve(url: str, host: str = "127.0.0.1", port: int = 8080) -> None:

@@ -389,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     from t2vserve.client.commands import register as register_client_commands
 
     register_client_commands(sub)
+    from t2vserve.jobs.commands import register as register_jobs_commands
+
+    register_jobs_commands(sub)
     from t2vserve.perf.commands import register as register_perf_commands
 
     register_perf_commands(sub)
