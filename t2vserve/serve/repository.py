@@ -5,6 +5,7 @@ the exported artifacts. A key that does not exist is an error, and so is any `${
 rendered file: nothing is substituted silently or left behind.
 """
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -14,11 +15,12 @@ import yaml
 import t2vserve.model_repository
 from t2vserve.profile import Profile
 from t2vserve.sampling import variants_of
-from t2vserve.serve.stages import load_manifest
+from t2vserve.schema import GenerationRequest
+from t2vserve.serve.stages import load_manifest, model_id, variant_manifest
 
 # model_repository/ is installed as t2vserve.model_repository (package data)
 TEMPLATES = Path(t2vserve.model_repository.__file__).parent
-MODELS = ("text_encoder", "dit", "vae_decoder", "video_encoder", "t2v")
+MODELS = ("text_encoder", "dit", "vae_decoder", "video_encoder", "t2v", "t2v_stream")
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_.]+)\}")
 
 
@@ -85,6 +87,22 @@ def placement_values(profile: Profile) -> dict[str, str]:
     return values
 
 
+def pbtxt_string(text: str) -> str:
+    """A quoted protobuf text-format string literal (ASCII: JSON escapes the rest)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def served_metadata(profile: Profile) -> dict[str, dict]:
+    """What t2v and t2v_stream publish as config parameters: `model_ids` {variant (or
+    "base"): the model id it serves}, the default first, and `request_defaults`, what an
+    omitted input becomes (the profile's defaults, negative_prompt included)."""
+    ids = {name: model_id(variant_manifest(profile, v))
+           for name, v in variants_of(profile).items()}
+    defaults = dict(profile.defaults)
+    defaults.setdefault("negative_prompt", GenerationRequest.negative_prompt)
+    return {"model_ids": ids, "request_defaults": defaults}
+
+
 def template_values(profile: Profile, profile_path: Path) -> dict[str, str]:
     manifest = load_manifest(profile)
     if profile.limits.prompt_tokens > manifest["text_len"]:
@@ -100,6 +118,8 @@ def template_values(profile: Profile, profile_path: Path) -> dict[str, str]:
         "derived.qc_size": "4",
     })
     values.update(placement_values(profile))
+    for key, data in served_metadata(profile).items():
+        values[f"derived.{key}"] = pbtxt_string(json.dumps(data, ensure_ascii=True))
     return values
 
 

@@ -10,7 +10,7 @@ running, so a plain SIGTERM fails every in-flight generation. The supervisor cov
   repository API. That API is on, but only for requests carrying a token made at start,
   which only the supervisor knows (everyone else gets 403). If the server process itself
   dies, it is restarted.
-- SIGTERM/SIGINT: `t2v` is unloaded first (readiness goes false at once, new requests are
+- SIGTERM/SIGINT: `t2v` and `t2v_stream` are unloaded first (readiness goes false at once, new requests are
   refused, Triton lets the running ones finish, and their BLS calls still work because the
   other models stay up); once `t2v` is gone, or after `server.exit_timeout_s`, Triton gets
   its SIGTERM.
@@ -35,6 +35,8 @@ from t2vserve.profile import Profile
 from t2vserve.serve.server import CONTROL_HEADER, ServerConfig, command, stop, wait_ready
 
 log = logging.getLogger("t2vserve.supervisor")
+# the models clients call; a drain unloads these first
+PUBLIC = ("t2v", "t2v_stream")
 
 
 def _stubs(server_pid: int, repository: Path) -> list[tuple[int, str, str]]:
@@ -84,6 +86,7 @@ class Supervisor:
         self.log_path = log_path
         self.poll_s = poll_s
         self.expected = {name: int(m["instances"]) for name, m in profile.data["models"].items()}
+        self.expected.setdefault("t2v_stream", self.expected["t2v"])  # rendered as t2v
         self.proc: subprocess.Popen | None = None
         self.stop_signal: str | None = None
         self.state = "starting"
@@ -204,9 +207,11 @@ class Supervisor:
         log.warning("draining: t2v takes no new requests; waiting up to %d s for the "
                     "running ones", limit)
         try:
-            self._post("/v2/repository/models/t2v/unload", timeout=30)
+            for model in PUBLIC:
+                self._post(f"/v2/repository/models/{model}/unload", timeout=30)
             while time.monotonic() - t0 < limit and self.proc.poll() is None:
-                if self._model_states().get("t2v") not in ("READY", "UNLOADING"):
+                states = self._model_states()
+                if all(states.get(m) not in ("READY", "UNLOADING") for m in PUBLIC):
                     break
                 time.sleep(0.2)
             else:

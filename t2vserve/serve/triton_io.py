@@ -5,6 +5,7 @@ errors as responses, and dynamic batching inside a Python model.
 Only `triton_models.py` (inside a Triton stub) imports this module.
 """
 
+import time
 from collections import defaultdict
 
 import numpy as np
@@ -51,14 +52,18 @@ class RequestCancelled(Exception):
     pass
 
 
-def error_response(exc: Exception):
+def error_response(exc: Exception, tagged: bool = False):
+    """`exc` as an error response. `tagged`: the message starts with the gRPC status name in
+    brackets ("[INVALID_ARGUMENT] width must be ..."), because a gRPC stream carries an
+    error's message but not its code (t2v_stream's clients read it back)."""
     if isinstance(exc, RequestValidationError):
-        code = pb_utils.TritonError.INVALID_ARG
+        code, status = pb_utils.TritonError.INVALID_ARG, "INVALID_ARGUMENT"
     elif isinstance(exc, RequestCancelled):
-        code = pb_utils.TritonError.CANCELLED
+        code, status = pb_utils.TritonError.CANCELLED, "CANCELLED"
     else:
-        code = pb_utils.TritonError.INTERNAL
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), code))
+        code, status = pb_utils.TritonError.INTERNAL, "INTERNAL"
+    message = f"[{status}] {exc}" if tagged else str(exc)
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
 
 
 def _concat(parts):
@@ -102,18 +107,50 @@ def batched(requests, names, run, inputs_of=None):
     return responses
 
 
+# How long a stage call waits for a stage whose stub process died (kill -9, the OOM killer)
+# to come back: the supervisor notices within its 1 s poll and reloads the model (7 s
+# measured on cpu-tiny); past this the request fails with the stage's error.
+STAGE_RETRY_S = 60.0
+# Triton's answers while a stage's stub is dead ("Stub process 'dit_0_0' is not healthy.")
+# or while its model is being reloaded; nothing else is retried
+_STAGE_GONE = ("is not healthy", "has no available versions")
+
+
+def stage_gone(message: str) -> bool:
+    """True for an error that says the stage's stub died or is being replaced, not that
+    the call itself failed."""
+    return any(s in message for s in _STAGE_GONE)
+
+
 def bls(model: str, inputs: dict, outputs: list[str], parameters: dict | None = None,
-         strings: tuple[str, ...] = ()) -> dict:
+         strings: tuple[str, ...] = (), retry_s: float = 0.0, check=None) -> dict:
     """One call to another model of this server; an error there becomes an exception here.
     Inputs are tensors (sent by DLPack from their device) or numpy arrays; outputs come back
-    as torch tensors where the producer left them, the `strings` ones as numpy arrays."""
-    request = pb_utils.InferenceRequest(
-        model_name=model, requested_output_names=outputs,
-        inputs=[to_triton(name, value) for name, value in inputs.items()],
-        **({"parameters": parameters} if parameters else {}))
-    response = request.exec()
-    if response.has_error():
-        raise RuntimeError(f"{model}: {response.error().message()}")
+    as torch tensors where the producer left them, the `strings` ones as numpy arrays.
+
+    `retry_s` > 0 (idempotent calls only): while the callee's stub is dead or reloading,
+    try again with backoff for up to that long; `check(why)` runs before each retry and may
+    raise (the caller's cancellation)."""
+    give_up = time.monotonic() + retry_s
+    pause = 0.1
+    while True:
+        request = pb_utils.InferenceRequest(
+            model_name=model, requested_output_names=outputs,
+            inputs=[to_triton(name, value) for name, value in inputs.items()],
+            **({"parameters": parameters} if parameters else {}))
+        try:
+            response = request.exec()
+            message = response.error().message() if response.has_error() else None
+        except pb_utils.TritonModelException as exc:  # the call could not even be made
+            message = str(exc)
+        if message is None:
+            break
+        if not stage_gone(message) or time.monotonic() + pause > give_up:
+            raise RuntimeError(f"{model}: {message}")
+        time.sleep(pause)
+        pause = min(2 * pause, 2.0)
+        if check is not None:
+            check(f"while waiting for {model} to come back")
     out = {}
     for name in outputs:
         tensor = pb_utils.get_output_tensor_by_name(response, name)

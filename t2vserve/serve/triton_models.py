@@ -29,16 +29,17 @@ from t2vserve.sampling import variants_of
 from t2vserve.schema import RequestValidationError
 from t2vserve.serve import frames, stages, transfers
 from t2vserve.serve.triton_io import (
-    RequestCancelled, batched, bls, bytes_array, error_response, input_array, input_tensor,
-    string_of, to_triton,
+    STAGE_RETRY_S, RequestCancelled, batched, bls, bytes_array, error_response, input_array,
+    input_tensor, string_of, to_triton,
 )
 
 
 def _setup(args):
     config = json.loads(args["model_config"])
     profile = load_profile(config["parameters"]["profile"]["string_value"])
-    # a variant's DiT model (dit_<variant>) takes dit's settings
+    # a variant's DiT model (dit_<variant>) takes dit's settings, t2v_stream t2v's
     name = "dit" if config["name"].startswith("dit_") else config["name"]
+    name = "t2v" if name == "t2v_stream" else name
     threads = int(profile.model(name).get("threads", 0))
     return config, profile, threads
 
@@ -131,15 +132,18 @@ class DitModel:
 class BlsDit:
     """A DiT model (`dit`, or a variant's `dit_<variant>`) called through BLS, behind the
     runner interface the loop uses: the loop's tensors go out and come back on the loop's
-    device (t2v's instance device, the DiT's GPU on a GPU profile)."""
+    device (t2v's instance device, the DiT's GPU on a GPU profile). A step is idempotent:
+    while the DiT's stub is dead or reloading it is retried (`check` may stop that)."""
     input_names = ["latents", "timestep", "prompt_embeds"]
     output_names = ["noise_pred"]
 
-    def __init__(self, device: str = "cpu", fault: str | None = None, model: str = "dit"):
+    def __init__(self, device: str = "cpu", fault: str | None = None, model: str = "dit",
+                 check=None):
         self.device = torch.device(device)
         self.calls = 0
         self.fault = fault
         self.model = model
+        self.check = check
 
     def run(self, inputs):
         self.calls += 1
@@ -148,7 +152,7 @@ class BlsDit:
         if self.fault:
             n = inputs["latents"].shape[0]
             inputs["fault"] = np.array([[self.fault.encode()]] * n, dtype=np.object_)
-        out = bls(self.model, inputs, ["noise_pred"])
+        out = bls(self.model, inputs, ["noise_pred"], retry_s=STAGE_RETRY_S, check=self.check)
         return {n: to_device(v, self.device) for n, v in out.items()}
 
 
@@ -169,7 +173,11 @@ class T2VModel:
     loop here on the instance's device (the DiT's GPU on a GPU profile). Many instances run
     side by side; their per-step `dit` calls meet in dit's dynamic batcher (step-level
     batching). The client's request is this model's own request, so a cancelled call or an
-    expired deadline is seen between any two steps. It alone assembles the response `info`."""
+    expired deadline is seen between any two steps. It alone assembles the response `info`.
+    Every stage call is idempotent and retried while that stage's stub is being replaced
+    (`triton_io.STAGE_RETRY_S`): a stage crash costs the request time, not its result."""
+    name = "t2v"
+    tagged_errors = False  # error messages led by their status name (t2v_stream's)
 
     def initialize(self, args):
         from t2vserve.tokenizer import load_tokenizer
@@ -185,14 +193,17 @@ class T2VModel:
         stages.use_device(self.device)
 
     def execute(self, requests):
-        with transfers.record("t2v", len(requests)):
+        with transfers.record(self.name, len(requests)):
             return self._execute(requests)
 
     def _execute(self, requests):
         return [self._one(r) for r in requests]
 
-    def _one(self, r):
+    def _one(self, r, progress=None):
+        """One request -> its response (the error response on failure). `progress(step,
+        steps, elapsed_ms)` runs after each denoising step (t2v_stream sends it on)."""
         handle = None
+        started = time.perf_counter()
         try:
             values = {n: input_array(r, n) for n in stages.REQUEST_INPUTS}
             variant, model_id = stages.pick_variant(values, self.variants)
@@ -209,13 +220,15 @@ class T2VModel:
                     raise RuntimeError(f"denoising produced non-finite latents at step "
                                        f"{i + 1}/{req.steps} (seed {req.seed})")
                 check(f"after step {i + 1}/{req.steps}")
+                if progress is not None:
+                    progress(i + 1, req.steps, round((time.perf_counter() - started) * 1e3, 2))
 
             # 1. text (Triton's response cache answers a repeated prompt pair)
             t0 = time.perf_counter()
             text = bls("text_encoder", {"prompt_text": bytes_array(req.prompt, (1, 1)),
                                          "negative_text": bytes_array(req.negative_prompt, (1, 1))},
                         ["prompt_embeds", "text_info"], {COMPUTED_FOR: this_request},
-                        strings=("text_info",))
+                        strings=("text_info",), retry_s=STAGE_RETRY_S, check=check)
             text_ms = round((time.perf_counter() - t0) * 1e3, 2)
             text_info = json.loads(string_of(text["text_info"]))
             embeds = text["prompt_embeds"][0]
@@ -225,7 +238,8 @@ class T2VModel:
             # 2. the denoising loop, one dit call per step, on this instance's device
             t0 = time.perf_counter()
             shape = latent_shape(self.preset, req.width, req.height, req.num_frames)
-            dit = BlsDit(self.device, _fault_for(self.profile, req.seed), variant.dit_model)
+            dit = BlsDit(self.device, _fault_for(self.profile, req.seed), variant.dit_model,
+                         check)
             spent = {}
             latents = denoise_loop(
                 dit, initial_noise(shape, req.seed), embeds, req.steps, req.guidance_scale,
@@ -234,13 +248,14 @@ class T2VModel:
             denoise_ms = round((time.perf_counter() - t0) * 1e3, 2)
             # 3. decode: the frames go to the frame store, a handle comes back
             vae = bls("vae_decoder", {"latents": latents.float()}, ["frames_handle", "vae_ms"],
-                       strings=("frames_handle",))
+                       strings=("frames_handle",), retry_s=STAGE_RETRY_S, check=check)
             handle = string_of(vae["frames_handle"])
             check("after the VAE")
             # 4. encode, from the frame store
             out = bls("video_encoder", {"frames_handle": bytes_array(handle),
                                          "fps": np.array([req.fps], np.int32)},
-                       ["video", "qc", "encode_ms"], strings=("video",))
+                       ["video", "qc", "encode_ms"], strings=("video",),
+                       retry_s=STAGE_RETRY_S, check=check)
             qc = out["qc"].cpu().numpy()
             # the text encoder's time is how long this request waited for its embeddings
             # (queue and compute on a miss, the cache lookup on a hit)
@@ -256,10 +271,38 @@ class T2VModel:
                                                pb_utils.Tensor("qc", qc),
                                                pb_utils.Tensor("info", bytes_array(info))])
         except Exception as exc:
-            return error_response(exc)
+            return error_response(exc, self.tagged_errors)
         finally:
             if handle is not None:
                 frames.discard(handle)
+
+
+class T2VStreamModel(T2VModel):
+    """`t2v_stream`, t2v's decoupled twin: the same validation, loop and final outputs, and
+    before them one response per denoising step whose only output is `progress` (JSON:
+    step, steps, elapsed_ms). The last response (the video, or the error) carries the FINAL
+    flag; its error messages lead with their status (`error_response(tagged=True)`), which
+    a gRPC stream does not carry. The client's cancellation stops the loop between two
+    steps, as on t2v."""
+    name = "t2v_stream"
+    tagged_errors = True
+
+    def _execute(self, requests):
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        for r in requests:
+            sender = r.get_response_sender()
+
+            def progress(step, steps, elapsed_ms, sender=sender):
+                event = json.dumps({"step": step, "steps": steps, "elapsed_ms": elapsed_ms})
+                sender.send(pb_utils.InferenceResponse(
+                    [pb_utils.Tensor("progress", bytes_array(event))]))
+
+            response = self._one(r, progress)
+            try:
+                sender.send(response, flags=final)
+            except Exception as exc:  # the client is gone: nobody to tell
+                pb_utils.Logger.log_warn(f"t2v_stream: final response not sent: {exc}")
+        return None  # decoupled: every response went through the sender
 
 
 class VaeDecoderModel:

@@ -109,7 +109,7 @@ def _manifest(folder, text_len=256, text_dim=32):
     # just the manifest fields rendering reads
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "manifest.json").write_text(json.dumps({
-        "text_len": text_len, "latent_channels": 48,
+        "text_len": text_len, "latent_channels": 48, "preset": "tiny", "weight_hash": "0" * 64,
         "graphs": {"text_encoder": {"outputs": [{"name": "prompt_embeds",
                                                  "shape": ["batch", "text_len", text_dim]}]}}}))
 

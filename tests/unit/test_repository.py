@@ -18,7 +18,7 @@ def profile(tmp_path):
     art = tmp_path / "artifacts"
     art.mkdir()
     (art / "manifest.json").write_text(json.dumps({
-        "text_len": 256, "latent_channels": 48,
+        "text_len": 256, "latent_channels": 48, "preset": "tiny", "weight_hash": "ab" * 32,
         "graphs": {"text_encoder": {"outputs": [{"name": "prompt_embeds",
                                                  "shape": ["batch", "text_len", 32]}]}}}))
     data = yaml.safe_load(open(PROJECT_PROFILE))
@@ -126,3 +126,32 @@ def test_bad_gpu_lists_are_named(profile, tmp_path, gpus):
     with pytest.raises(RenderError, match=r"components.vae_decoder.gpus must be a non-empty "
                                           r"list of distinct GPU ids \(integers >= 0\)"):
         render_repository(profile, tmp_path / "repo")
+
+
+def test_t2v_and_t2v_stream_publish_model_ids_and_request_defaults(profile, tmp_path):
+    """The jobs service reads these to hash a request's content before generating: the
+    model id per variant (the default first) and what omitted inputs become."""
+    from t2vserve.schema import GenerationRequest
+
+    profile.data["defaults"]["negative_prompt"] = '模糊, "blurry" \\ low quality'
+    repo = render_repository(profile, tmp_path / "repo")
+    t2v = config_of(repo / "t2v" / "config.pbtxt")
+    stream = config_of(repo / "t2v_stream" / "config.pbtxt")
+    for config in (t2v, stream):
+        assert json.loads(config.parameters["model_ids"].string_value) == {
+            "base": "tiny@" + "ab" * 6}
+        defaults = json.loads(config.parameters["request_defaults"].string_value)
+        assert defaults == profile.defaults
+        assert defaults["negative_prompt"] == '模糊, "blurry" \\ low quality'
+    # the streaming twin: decoupled, same inputs, outputs plus progress, same instances
+    assert stream.model_transaction_policy.decoupled and not t2v.model_transaction_policy.decoupled
+    assert list(stream.input) == list(t2v.input)
+    assert [o.name for o in stream.output] == [o.name for o in t2v.output] + ["progress"]
+    assert stream.instance_group == t2v.instance_group
+    assert stream.dynamic_batching == t2v.dynamic_batching
+    # without a negative prompt in the profile, the schema's default is what is served
+    del profile.data["defaults"]["negative_prompt"]
+    repo = render_repository(profile, tmp_path / "repo2")
+    defaults = json.loads(config_of(repo / "t2v" / "config.pbtxt")
+                          .parameters["request_defaults"].string_value)
+    assert defaults["negative_prompt"] == GenerationRequest.negative_prompt
