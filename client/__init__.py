@@ -4,11 +4,11 @@ Installs without the server (`pip install t2vserve`); it never imports torch.
 """
 
 from t2vserve.client.core import (
-    QC_NAMES, AsyncT2VClient, Cancelled, DeadlineExceeded, InvalidRequest, QueueFull,
-    RetryPolicy, ServerError, T2VClient, T2VDeadlineError, T2VError, Unavailable, Video,
-    frames_for,
+    QC_NAMES, AsyncT2VClient, Cancelled, DeadlineExceeded, InvalidRequest, Progress,
+    QueueFull, RetryPolicy, ServerError, T2VClient, T2VDeadlineError, T2VError, Unavailable,
+    Video, frames_for,
 )
 
 __all__ = ["QC_NAMES", "AsyncT2VClient", "Cancelled", "DeadlineExceeded", "InvalidRequest",
-           "QueueFull", "RetryPolicy", "ServerError", "T2VClient", "T2VDeadlineError",
-           "T2VError", "Unavailable", "Video", "frames_for"]
+           "Progress", "QueueFull", "RetryPolicy", "ServerError", "T2VClient",
+           "T2VDeadlineError", "T2VError", "Unavailable", "Video", "frames_for"]

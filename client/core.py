@@ -3,21 +3,27 @@
 Deadlines are client-side (`timeout`, seconds); retries happen only on errors that mean
 "try again" (queue full / server unavailable), with jittered exponential backoff, and reuse
 the same request id so a retry is the same request. INVALID_ARG is never retried.
+
+`generate_stream` calls `t2v_stream`, t2v's decoupled twin, over a gRPC stream: a `Progress`
+after each denoising step, then the `Video`. Closing the stream early cancels the request.
 """
 
 import asyncio
 import hashlib
 import json
 import math
+import queue
 import random
 import re
 import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 MODEL = "t2v"
+STREAM_MODEL = "t2v_stream"
 INT32_INPUTS = ("width", "height", "num_frames", "fps", "steps")
 QC_NAMES = ("mean_luma", "black_frame_ratio", "frozen_frame_ratio", "temporal_flicker")
 RETRYABLE = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED"})
@@ -48,6 +54,15 @@ class Video:
     def request(self) -> dict[str, Any]:
         """The request as served: the profile's defaults filled in."""
         return dict(self.info.get("request", {}))
+
+
+@dataclass(frozen=True)
+class Progress:
+    """generate_stream's event after each denoising step: `step` of `steps` done,
+    `elapsed_ms` since the server took the request."""
+    step: int
+    steps: int
+    elapsed_ms: float
 
 
 class T2VError(Exception):
@@ -238,17 +253,60 @@ def to_error(exc: Any) -> T2VError:
     return classify(status, exc.message() or str(exc))
 
 
+# t2v_stream leads its error messages with their status ("[INVALID_ARGUMENT] ..."): a gRPC
+# stream carries a response's error message but not its code
+_TAGGED = re.compile(r"^\[([A-Z_]+)\] (.*)$", re.S)
+
+
+def stream_error(exc: Any) -> T2VError:
+    """An error from a t2v_stream stream -> the T2VError generate would have raised."""
+    if exc.status():  # the stream itself failed (deadline, cancellation, connection)
+        return to_error(exc)
+    message = exc.message() or str(exc)
+    tagged = _TAGGED.match(message)
+    if tagged:
+        return classify(tagged.group(1), tagged.group(2))
+    # Triton's own answers (before the model saw the request) come untagged
+    lowered = message.lower()
+    if any(s in lowered for s in _QUEUE_FULL):
+        return classify("UNAVAILABLE", message)
+    if "no available versions" in lowered:
+        return classify("NOT_FOUND", message)
+    return classify("UNKNOWN", message)
+
+
+def parse_event(result: Any) -> "Progress | Video":
+    """One t2v_stream response: a Progress, or the final Video."""
+    progress = result.as_numpy("progress")
+    if progress is None:
+        return parse_result(result)
+    event = json.loads(progress.reshape(-1)[0])
+    return Progress(int(event["step"]), int(event["steps"]), float(event["elapsed_ms"]))
+
+
+def server_info_of(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """t2v's model config (JSON) -> {"model_ids": ..., "request_defaults": ...}."""
+    params = config.get("config", config).get("parameters", {})
+    try:
+        return {key: json.loads(params[key]["string_value"])
+                for key in ("model_ids", "request_defaults")}
+    except KeyError as exc:
+        raise ServerError("NOT_FOUND", f"the server's t2v config has no {exc} parameter "
+                                       f"(a server older than this client)") from None
+
+
 class _Base:
     def __init__(self, url: str, retry: RetryPolicy, grpc_module: Any):
         self.url, self.retry, self._grpc = url, retry, grpc_module
 
-    def _prepare(self, prompt: str, request_id: str | None,
-                 params: dict[str, Any]) -> tuple[list[Any], list[Any], str]:
+    def _prepare(self, prompt: str, request_id: str | None, params: dict[str, Any],
+                 stream: bool = False) -> tuple[list[Any], list[Any], str]:
         if not isinstance(prompt, str):
             raise _invalid(f"prompt must be a str, got {type(prompt).__name__}")
         params = request_params(**params)
         rid = request_id or idempotency_key(prompt, params)
-        outputs = [self._grpc.InferRequestedOutput(n) for n in ("video", "qc", "info")]
+        names = ("video", "qc", "info") + (("progress",) if stream else ())
+        outputs = [self._grpc.InferRequestedOutput(n) for n in names]
         return build_inputs(self._grpc, prompt, params), outputs, rid
 
     def _pause_or_raise(self, exc: Exception, attempt: int, deadline: float | None) -> float:
@@ -312,6 +370,78 @@ class T2VClient(_Base):
                 time.sleep(self._pause_or_raise(exc, attempt, deadline))
         raise AssertionError("unreachable")
 
+    def generate_stream(self, prompt: str, *, width: int | None = None,
+                        height: int | None = None, duration: float | None = None,
+                        num_frames: int | None = None, fps: int | None = None,
+                        steps: int | None = None, guidance_scale: float | None = None,
+                        seed: int | None = None, negative_prompt: str | None = None,
+                        model_variant: str | None = None, priority: int = 0,
+                        timeout: float | None = None,
+                        request_id: str | None = None) -> Iterator["Progress | Video"]:
+        """As generate, through `t2v_stream`: yields a Progress after each denoising step,
+        then the Video. Closing the generator early (break, .close()) cancels the request:
+        the server stops between two steps. Raises what generate raises; a queue-full or
+        unavailable server is retried by the policy until the first event arrives."""
+        import tritonclient.grpc as grpcclient
+
+        inputs, outputs, rid = self._prepare(prompt, request_id, dict(
+            width=width, height=height, duration=duration, num_frames=num_frames, fps=fps,
+            steps=steps, guidance_scale=guidance_scale, seed=seed,
+            negative_prompt=negative_prompt, model_variant=model_variant), stream=True)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for attempt in range(self.retry.attempts):
+            left = None if deadline is None else max(deadline - time.monotonic(), 1e-3)
+            events: queue.Queue[tuple[Any, Any]] = queue.Queue()
+            # one stream per connection (tritonclient): a fresh client for each
+            client = grpcclient.InferenceServerClient(url=self.url)
+            video, started = None, False
+            try:
+                client.start_stream(callback=lambda result, error: events.put((result, error)),
+                                    stream_timeout=left)
+                client.async_stream_infer(STREAM_MODEL, inputs, outputs=outputs,
+                                          request_id=rid, priority=priority)
+                while True:
+                    try:
+                        wait = None if deadline is None else max(deadline - time.monotonic(), 0)
+                        result, error = events.get(timeout=None if wait is None else wait + 5)
+                    except queue.Empty:  # the stream's own deadline should have come first
+                        raise DeadlineExceeded("DEADLINE_EXCEEDED",
+                                               "no video within the client deadline") from None
+                    if error is not None:
+                        err = stream_error(error)
+                        if started or not err.retryable or attempt + 1 == self.retry.attempts:
+                            raise err from error
+                        break
+                    event = parse_event(result)
+                    started = True
+                    if isinstance(event, Video):
+                        video = event
+                        break
+                    yield event
+            finally:
+                # still running (closed early, or an error here): cancel it on the server
+                client.stop_stream(cancel_requests=video is None)
+                client.close()
+            if video is not None:  # the stream is closed before the last event is handed out
+                yield video
+                return
+            pause = self.retry.delay(attempt)
+            if deadline is not None and time.monotonic() + pause >= deadline:
+                raise err from error
+            time.sleep(pause)
+        raise AssertionError("unreachable")
+
+    def server_info(self) -> dict[str, dict[str, Any]]:
+        """What the server serves: {"model_ids": {variant (or "base"): model id, the default
+        first}, "request_defaults": {what an omitted parameter becomes}}, from t2v's config.
+        With a request, enough to know the model and request a clip will be made with."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return server_info_of(self.client.get_model_config(MODEL, as_json=True))
+        except InferenceServerException as exc:
+            raise to_error(exc) from exc
+
     def close(self) -> None:
         self.client.close()
 
@@ -357,6 +487,72 @@ class AsyncT2VClient(_Base):
                 await asyncio.sleep(self._pause_or_raise(exc, attempt, deadline))
         raise AssertionError("unreachable")
 
+    async def generate_stream(self, prompt: str, *, width: int | None = None,
+                              height: int | None = None, duration: float | None = None,
+                              num_frames: int | None = None, fps: int | None = None,
+                              steps: int | None = None, guidance_scale: float | None = None,
+                              seed: int | None = None, negative_prompt: str | None = None,
+                              model_variant: str | None = None, priority: int = 0,
+                              timeout: float | None = None, request_id: str | None = None
+                              ) -> AsyncIterator["Progress | Video"]:
+        """As T2VClient.generate_stream, as an async generator (`async for`). Leaving the
+        loop early (break, aclose(), a cancelled task) cancels the request."""
+        import tritonclient.grpc.aio as aioclient
+
+        inputs, outputs, rid = self._prepare(prompt, request_id, dict(
+            width=width, height=height, duration=duration, num_frames=num_frames, fps=fps,
+            steps=steps, guidance_scale=guidance_scale, seed=seed,
+            negative_prompt=negative_prompt, model_variant=model_variant), stream=True)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        request = dict(model_name=STREAM_MODEL, inputs=inputs, outputs=outputs,
+                       request_id=rid, priority=priority)
+        for attempt in range(self.retry.attempts):
+            left = None if deadline is None else max(deadline - time.monotonic(), 1e-3)
+            client = aioclient.InferenceServerClient(url=self.url)
+            sent = asyncio.Event()
+
+            async def one_request() -> AsyncIterator[dict[str, Any]]:
+                yield request
+                await sent.wait()  # half-closing the stream early would end it
+
+            responses = client.stream_infer(one_request(), stream_timeout=left)
+            video, started = None, False
+            try:
+                async for result, error in _stream_events(responses):
+                    if error is not None:
+                        err = stream_error(error)
+                        if started or not err.retryable or attempt + 1 == self.retry.attempts:
+                            raise err from error
+                        break
+                    event = parse_event(result)
+                    started = True
+                    if isinstance(event, Video):
+                        video = event
+                        break
+                    yield event
+            finally:
+                sent.set()
+                if video is None:  # still running (left early, or an error): cancel it
+                    responses.cancel()
+                await client.close()
+            if video is not None:
+                yield video
+                return
+            pause = self.retry.delay(attempt)
+            if deadline is not None and time.monotonic() + pause >= deadline:
+                raise err from error
+            await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
+
+    async def server_info(self) -> dict[str, dict[str, Any]]:
+        """As T2VClient.server_info, awaited."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return server_info_of(await self.client.get_model_config(MODEL, as_json=True))
+        except InferenceServerException as exc:
+            raise to_error(exc) from exc
+
     async def close(self) -> None:
         await self.client.close()
 
@@ -365,3 +561,21 @@ class AsyncT2VClient(_Base):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+async def _stream_events(responses: Any) -> AsyncIterator[tuple[Any, Any]]:
+    """(result, error) pairs of an aio stream, a failed stream (deadline, cancellation,
+    connection) as its last error."""
+    import importlib
+
+    from tritonclient.grpc._utils import get_error_grpc
+    from tritonclient.utils import InferenceServerException
+
+    rpc_error: Any = importlib.import_module("grpc").RpcError  # grpc ships no type stubs
+    try:
+        async for pair in responses:
+            yield pair
+    except InferenceServerException as exc:
+        yield None, exc
+    except rpc_error as exc:
+        yield None, get_error_grpc(exc)
