@@ -2,6 +2,11 @@
 
     from tests.jobs_fixtures import s3_server  # noqa: F401
 
+`jobs` (module scope, needs the session's `server`) runs the jobs service as users run it:
+Redis (AOF) on a free port, two `t2vserve jobs` APIs (one refusing private webhook URLs, one
+accepting them for test receivers) and two `t2vserve jobs-worker` processes on that server;
+`api`, `submit`, `wait_job` and `dit_calls` talk to it.
+
 `s3_server` runs a real moto S3 server (`moto_server`, the dev extra) on a free loopback port
 for the session and yields its endpoint URL, with fake credentials in the environment so
 boto3's usual chain finds them. `new_bucket(endpoint_url)` makes a fresh bucket per test.
@@ -10,6 +15,7 @@ boto3's usual chain finds them. `new_bucket(endpoint_url)` makes a fresh bucket 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,10 +23,13 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import requests
 
+from t2vserve.jobs import redis_server
 from t2vserve.serve.server import free_ports
 
 S3_REGION = "us-east-1"
@@ -84,3 +93,127 @@ def new_bucket(endpoint_url: str) -> str:
     name = f"t2v-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=endpoint_url, region_name=S3_REGION).create_bucket(Bucket=name)
     return name
+
+
+# ---- the jobs service ----------------------------------------------------------------
+KEYS = {"alice": "key-alice-0123456789", "bob": "key-bob-0123456789"}
+SECRET = "whsec-test-0123456789"
+SMALL = {"size": "64x64", "num_frames": 5, "steps": 2}
+HEARTBEAT_MS = 3000
+T2VSERVE = str(Path(sys.executable).parent / "t2vserve")
+
+
+@dataclass
+class Jobs:
+    url: str              # the API: webhooks to private addresses refused
+    private_url: str      # a second API on the same Redis that accepts them (test receivers)
+    redis_port: int
+    redis_dir: Path
+    storage: Path
+    grpc_url: str
+    tmp: Path
+    env: dict
+    redis: subprocess.Popen | None = None
+    workers: list = field(default_factory=list)
+    apis: list = field(default_factory=list)
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def start_worker(self) -> subprocess.Popen:
+        n = len(self.workers)
+        log = open(self.tmp / f"worker{n}.log", "ab")
+        proc = subprocess.Popen(
+            [T2VSERVE, "jobs-worker", "--redis", self.redis_url, "--storage", str(self.storage),
+             "--server", f"{self.grpc_url}=1", "--heartbeat-timeout-ms", str(HEARTBEAT_MS),
+             "--allow-private-webhooks", "--webhook-backoff", "0.2,0.4,0.8"],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.workers.append(proc)
+        return proc
+
+    def live_workers(self) -> list[subprocess.Popen]:
+        return [w for w in self.workers if w.poll() is None]
+
+    def start_redis(self) -> None:
+        self.redis = redis_server.start(self.redis_dir, self.redis_port)
+
+
+def api(url: str, path: str, method: str = "GET", key: str | None = "alice", **kw):
+    headers = kw.pop("headers", {})
+    if key is not None:
+        headers["Authorization"] = f"Bearer {KEYS.get(key, key)}"
+    return requests.request(method, url + path, headers=headers, timeout=30, **kw)
+
+
+def submit(url: str, body: dict, key: str = "alice", **kw) -> dict:
+    r = api(url, "/v1/videos", "POST", key, json=body, **kw)
+    assert r.status_code in (200, 202), r.text
+    return r.json()
+
+
+def wait_job(url: str, job_id: str, statuses=("completed", "failed", "cancelled"),
+             timeout: float = 120.0, key: str = "alice") -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = api(url, f"/v1/videos/{job_id}", key=key).json()
+        if job["status"] in statuses:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s: {job}")
+        time.sleep(0.1)
+
+
+def dit_calls(grpc_url: str) -> int:
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(grpc_url) as c:
+        s = c.get_inference_statistics(model_name="dit", as_json=True)["model_stats"][0]
+    return int(s.get("inference_count", 0))
+
+
+def start_api(jobs: Jobs, port: int, *extra: str) -> str:
+    log = open(jobs.tmp / f"api{port}.log", "ab")
+    proc = subprocess.Popen(
+        [T2VSERVE, "jobs", "--port", str(port), "--redis", jobs.redis_url,
+         "--storage", str(jobs.storage), "--url", jobs.grpc_url, *extra],
+        env=jobs.env, stdout=log, stderr=subprocess.STDOUT)
+    jobs.apis.append(proc)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url + "/healthz", timeout=2).status_code == 200:
+                return url
+        except requests.ConnectionError:
+            pass
+        assert proc.poll() is None, (jobs.tmp / f"api{port}.log").read_text()
+        time.sleep(0.1)
+    raise AssertionError("the jobs API did not start")
+
+
+@pytest.fixture(scope="module")
+def jobs(server, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("jobs")
+    redis_port, api_port, private_port = free_ports(3)
+    env = {**os.environ, "T2V_API_KEYS": ",".join(f"{o}={k}" for o, k in KEYS.items()),
+           "T2V_WEBHOOK_SECRET": SECRET}
+    env.pop("T2V_API_KEY", None)
+    j = Jobs("", "", redis_port, tmp / "redis", tmp / "storage", server.grpc_url, tmp, env)
+    j.start_redis()
+    try:
+        j.url = start_api(j, api_port)
+        j.private_url = start_api(j, private_port, "--allow-private-webhooks")
+        j.start_worker()
+        j.start_worker()
+        yield j
+    finally:
+        for proc in [*j.workers, *j.apis]:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+        if j.redis is not None:
+            j.redis.kill()
+            j.redis.wait()
+
+

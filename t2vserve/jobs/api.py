@@ -205,8 +205,10 @@ async def _own_job(request: web.Request) -> dict:
 async def create_video(request: web.Request) -> web.Response:
     svc = _service(request)
     body = await _json_body(request)
-    job_request, priority, url = parse_job(body, webhooks_enabled=svc.config.webhooks_enabled,
-                                           allow_private=svc.config.allow_private_webhooks)
+    # off the loop: a webhook host name is resolved to check where it points
+    job_request, priority, url = await asyncio.to_thread(
+        parse_job, body, webhooks_enabled=svc.config.webhooks_enabled,
+        allow_private=svc.config.allow_private_webhooks)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY and key.isprintable()):
         raise _bad("invalid_value", f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable "
@@ -357,7 +359,7 @@ def make_app(config: JobsConfig, *, records: Records | None = None,
              storage: Storage | None = None) -> web.Application:
     app = web.Application(client_max_size=gateway.MAX_BODY_BYTES,
                           middlewares=[json_errors, authenticate])
-    records = records or Records(config.redis_url)
+    records = records or Records(config.redis_url, retry_s=3.0)
     app[SERVICE] = Service(config, records, storage or storage_from_url(config.storage_url),
                            JobQueue(make_broker(config.redis_url, config.heartbeat_timeout_ms)))
     app.router.add_post("/v1/videos", create_video)

@@ -70,6 +70,7 @@ def document() -> dict[str, Any]:
             "error": {"type": "object", "nullable": True, "properties": {
                 "code": {"type": "string"}, "message": {"type": "string"}}},
             "attempts": {"type": "integer"}, "cache_hit": {"type": "boolean"},
+            "worker": {"type": "string", "nullable": True},
             "cached_from": {"type": "string", "nullable": True},
             "content": {"type": "object", "nullable": True},
             "info": {"type": "object", "nullable": True},

@@ -22,6 +22,8 @@ Keys (prefix `t2v:`):
   stats                   hash: counters for /metrics
 """
 
+from __future__ import annotations
+
 import base64
 import hashlib
 import json
@@ -32,6 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 PREFIX = "t2v:"
 STATUSES = ("queued", "in_progress", "completed", "failed", "cancelled")
@@ -61,12 +65,20 @@ def content_key(job_id: str) -> str:
 
 
 # ---- the transitions, each atomic -------------------------------------------------------
-# KEYS[1] job, KEYS[2] active set; ARGV[1] now
+# KEYS[1] job, KEYS[2] active set; ARGV[1] now, ARGV[2] the worker, ARGV[3] lease end.
+# -1: another worker holds a live lease on it (a duplicate delivery: leave it alone)
 _CLAIM = """
 local s = redis.call('HGET', KEYS[1], 'status')
+if s == 'in_progress' then
+  local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
+  if lease > tonumber(ARGV[1]) and redis.call('HGET', KEYS[1], 'worker') ~= ARGV[2] then
+    return -1
+  end
+end
 if s == 'queued' or s == 'in_progress' then
   local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-  redis.call('HSET', KEYS[1], 'status', 'in_progress', 'updated_at', ARGV[1])
+  redis.call('HSET', KEYS[1], 'status', 'in_progress', 'updated_at', ARGV[1], 'worker', ARGV[2],
+             'lease_until', ARGV[3])
   if not redis.call('HGET', KEYS[1], 'started_at') then
     redis.call('HSET', KEYS[1], 'started_at', ARGV[1])
   end
@@ -112,10 +124,16 @@ class Limits:
 class Records:
     """The job records on one Redis (`redis://127.0.0.1:6379/0`)."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, retry_s: float = 60.0):
+        """`retry_s`: how long a command keeps retrying while Redis is unreachable (a
+        restart on its AOF takes about a second): long in workers, so a clip finished during
+        a restart is recorded rather than made again; short in the API (a 503 instead)."""
         self.url = url
-        self.r = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5,
-                                      health_check_interval=10)
+        tries = max(1, int(retry_s / 0.5))
+        self.r = redis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=2, socket_timeout=10,
+            health_check_interval=10, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), tries),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError])
         self._claim = self.r.register_script(_CLAIM)
         self._finish = self.r.register_script(_FINISH)
         self._cancel = self.r.register_script(_CANCEL)
@@ -221,12 +239,15 @@ class Records:
         return job, True
 
     # -- transitions
-    def claim(self, job_id: str) -> int:
-        """Start (or restart) the job: its attempt number, or 0 when it is already finished."""
+    def claim(self, job_id: str, worker: str = "", lease_s: float = 10.0) -> int:
+        """Start (or restart) the job on `worker` (host:pid) with a lease of `lease_s`: its
+        attempt number; 0 when it is finished or gone; -1 while another worker's lease on
+        it is live (the broker handed out a running job twice)."""
         job = self.r.hget(self._job(job_id), "owner")
         if job is None:
             return 0
-        return int(self._claim(keys=[self._job(job_id), self._active(job)], args=[now()]))
+        return int(self._claim(keys=[self._job(job_id), self._active(job)],
+                               args=[now(), worker, now() + lease_s]))
 
     def finish(self, job_id: str, status: str, **fields: Any) -> bool:
         """in_progress -> completed/failed with `fields`; False if it was not in progress
@@ -246,6 +267,13 @@ class Records:
         error = json.dumps({"code": "cancelled", "message": reason})
         return self._cancel(keys=[self._job(job_id), self._active(owner), f"{PREFIX}stats"],
                             args=[now(), error])
+
+    def renew(self, job_ids: list[str], worker: str, lease_s: float) -> None:
+        """Extend this worker's leases on the jobs it is running."""
+        pipe = self.r.pipeline()
+        for job_id in job_ids:
+            pipe.hset(self._job(job_id), "lease_until", now() + lease_s)
+        pipe.execute()
 
     def set_fields(self, job_id: str, **fields: Any) -> None:
         """Progress and other non-status fields; only while the job exists."""
@@ -314,6 +342,7 @@ def public_job(job: dict) -> dict:
         "model": job.get("model"), "progress": job.get("progress"),
         "request": job["request"], "served": job.get("served"), "qc": job.get("qc"),
         "error": job.get("error"), "attempts": job.get("attempts", 0),
+        "worker": job.get("worker"),
         "cache_hit": bool(cache.get("hit")), "cached_from": cache.get("source"),
         "content": None if content is None or job["status"] != "completed" else {
             "url": f"/v1/videos/{job['id']}/content", "bytes": content.get("bytes"),

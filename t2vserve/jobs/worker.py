@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -43,6 +44,10 @@ JOB_TIME_LIMIT_MS = 2 * 3600 * 1000
 # an unexpected exception (Redis briefly gone while finishing, say) retries the whole actor,
 # which is idempotent; a job's own failures (bad request, server error) are recorded instead
 ACTOR_RETRIES = 5
+# a running job's lease: renewed every LEASE_S / 5 while its worker lives. A second delivery
+# of a job whose lease is live (Redis restarted and took a live worker for dead) waits for
+# the lease instead of running the job again; a dead worker's job is claimed after it lapses.
+LEASE_S = 10.0
 # the request fields that reach the generator (the rest is the service's)
 GENERATION_FIELDS = ("negative_prompt", "width", "height", "num_frames", "fps", "steps",
                      "guidance_scale", "seed", "model_variant")
@@ -109,8 +114,8 @@ class JobQueue:
                                   time_limit=JOB_TIME_LIMIT_MS)
             for level, (queue, prio) in QUEUES.items()}
 
-    def enqueue(self, job_id: str, priority: str = "normal") -> None:
-        self.actors[priority].send(job_id)
+    def enqueue(self, job_id: str, priority: str = "normal", delay_ms: int | None = None) -> None:
+        self.actors[priority].send_with_options(args=(job_id,), delay=delay_ms)
 
     def depth(self) -> dict[str, int]:
         """Messages waiting per queue (not yet fetched by a worker)."""
@@ -185,29 +190,62 @@ class JobRunner:
         self.records = records or Records(config.redis_url)
         self.storage = storage or storage_from_url(config.storage_url)
         self.pool = ServerPool(config.servers, config.retry)
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.queue: JobQueue | None = None  # set by run_worker: re-sends leased duplicates
+        self._running: set[str] = set()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._renew_leases, name="leases", daemon=True).start()
+
+    def _renew_leases(self) -> None:
+        while True:
+            time.sleep(LEASE_S / 5)
+            with self._lock:
+                running = list(self._running)
+            if running:
+                try:
+                    self.records.renew(running, self.name, LEASE_S)
+                except Exception as exc:
+                    log.warning("leases not renewed (%s)", exc)
 
     # -- the actor body
     def run(self, job_id: str) -> None:
-        attempt = self.records.claim(job_id)
-        if attempt == 0:  # finished already (a redelivery), cancelled or deleted
-            job = self.records.get(job_id)
+        status = self.records.status(job_id)
+        if status not in ("queued", "in_progress"):  # finished (a redelivery), or deleted
+            job = self.records.get(job_id) if status else None
             if job and (job.get("webhook") or {}).get("state") == "pending":
                 self._notify(job_id)  # the worker that finished it died before delivering
             return
-        job = self.records.get(job_id)
-        assert job is not None
-        if attempt > 1:
-            log.warning("job %s: attempt %d (an earlier attempt's worker stopped)", job_id,
-                        attempt)
+        server = self.pool.acquire()  # a free generation slot first: `in_progress` is true
         try:
-            self._generate(job_id, job)
-        except InvalidRequest as exc:
-            self._fail(job_id, "invalid_request", exc.message)
-        except Cancelled as exc:
-            if self.records.status(job_id) != "cancelled":
-                self._fail(job_id, "cancelled_upstream", exc.message)
-        except T2VError as exc:
-            self._fail(job_id, exc.status.lower(), exc.message)
+            attempt = self.records.claim(job_id, self.name, LEASE_S)
+            if attempt == 0:  # cancelled while waiting for the slot
+                return
+            if attempt == -1:  # running on a live worker: look again when its lease could end
+                if self.queue is not None:
+                    self.queue.enqueue(job_id, (self.records.get(job_id) or {}).get(
+                        "priority", "normal"), delay_ms=int(LEASE_S * 1000))
+                return
+            if attempt > 1:
+                log.warning("job %s: attempt %d (an earlier attempt's worker stopped)",
+                            job_id, attempt)
+            job = self.records.get(job_id)
+            assert job is not None
+            with self._lock:
+                self._running.add(job_id)
+            try:
+                server = self._generate(job_id, job, server)
+            except InvalidRequest as exc:
+                self._fail(job_id, "invalid_request", exc.message)
+            except Cancelled as exc:
+                if self.records.status(job_id) != "cancelled":
+                    self._fail(job_id, "cancelled_upstream", exc.message)
+            except T2VError as exc:
+                self._fail(job_id, exc.status.lower(), exc.message)
+            finally:
+                with self._lock:
+                    self._running.discard(job_id)
+        finally:
+            self.pool.release(server)
 
     def _fail(self, job_id: str, code: str, message: str) -> None:
         job = self.records.get(job_id) or {}
@@ -218,33 +256,28 @@ class JobRunner:
         if self.records.finish(job_id, "failed", **fields) and webhook:
             self._notify(job_id)
 
-    def _generate(self, job_id: str, job: dict) -> None:
+    def _generate(self, job_id: str, job: dict, server: _Server) -> _Server:
+        """Generate (or copy from the cache) and store; returns the server slot it holds
+        (an UNAVAILABLE server is swapped for another with a retry)."""
         request = job["request"]
-        server = self.pool.acquire()
-        tried: list[str] = []
-        try:
-            for attempt in range(self.config.retry.attempts):
-                try:
-                    resolved = resolve(request, server.info())
-                    digest = content_hash(resolved)
-                    if self._from_cache(job_id, digest):
-                        return
-                    video = self._stream(job_id, server, request, resolved)
-                    break
-                except T2VError as exc:
-                    tried.append(server.spec.url)
-                    if not exc.retryable or attempt + 1 == self.config.retry.attempts:
-                        raise
-                    log.warning("job %s: %s on %s, retrying", job_id, exc.status,
-                                server.spec.url)
-                    self.pool.release(server)
-                    time.sleep(self.config.retry.delay(attempt))
-                    server = self.pool.acquire(avoid=server)
-        finally:
-            self.pool.release(server)
-        if video is None:  # cancelled
-            return
-        self._store(job_id, video, digest)
+        for attempt in range(self.config.retry.attempts):
+            try:
+                resolved = resolve(request, server.info())
+                digest = content_hash(resolved)
+                if self._from_cache(job_id, digest):
+                    return server
+                video = self._stream(job_id, server, request, resolved)
+                break
+            except T2VError as exc:
+                if not exc.retryable or attempt + 1 == self.config.retry.attempts:
+                    raise
+                log.warning("job %s: %s on %s, retrying", job_id, exc.status, server.spec.url)
+                self.pool.release(server)
+                time.sleep(self.config.retry.delay(attempt))
+                server = self.pool.acquire(avoid=server)
+        if video is not None:  # None: cancelled
+            self._store(job_id, video, digest)
+        return server
 
     def _from_cache(self, job_id: str, digest: str) -> bool:
         source = self.records.cached(digest)
@@ -349,11 +382,11 @@ class JobRunner:
 
 def run_worker(config: WorkerConfig, threads: int | None = None) -> None:
     """A worker process until SIGINT/SIGTERM: `threads` actor threads (default: the servers'
-    total concurrency + 1), prefetching no more messages than it has threads."""
+    total concurrency), prefetching no more messages than it has threads."""
     broker = make_broker(config.redis_url, config.heartbeat_timeout_ms)
     runner = JobRunner(config)
-    queue = JobQueue(broker, runner.run)
-    threads = threads or sum(s.concurrency for s in config.servers) + 1
+    queue = runner.queue = JobQueue(broker, runner.run)
+    threads = threads or sum(s.concurrency for s in config.servers)
     worker = dramatiq.Worker(broker, worker_threads=threads)
     worker.queue_prefetch = threads  # a dead worker strands no more than it was running
     stop = threading.Event()
