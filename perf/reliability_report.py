@@ -18,8 +18,10 @@ CASES = [  # (file stem, title, the figures that make the row)
     ("priority", "Priority", ("completion_order",)),
     ("cancel", "Cancel mid-denoise", ("steps", "dit_calls_at_cancel", "dit_calls_after",
                                       "rss_before_mb", "rss_after_mb", "next_request")),
-    ("stub_crash", "kill -9 of a stub under load", ("requests", "failed", "failed_messages",
-                                                    "recovery_s", "later_ok", "shm_segments_before",
+    ("stub_crash", "kill -9 of a stub under load", ("requests", "in_flight_ok", "failed",
+                                                    "recovery_s", "in_flight_done_after_kill_s",
+                                                    "longest_in_flight_s", "same_video_as_rerun",
+                                                    "rerun_alone_s", "later_ok", "shm_segments_before",
                                                     "shm_segments_after")),
     ("sigterm", "SIGTERM under load", ("in_flight", "in_flight_ok", "readiness_false_after_s",
                                        "new_request", "exit_code", "longest_in_flight_s")),
@@ -63,12 +65,16 @@ def render(results: Path) -> str:
               "delta above); requests rejected by the queue timeout are counted (reason "
               "REJECTED). Count queue-full rejections at the client or the load balancer.",
               "- Stub crash: Triton 2.51 keeps a model with a dead stub READY and fails its "
-              "requests; the supervisor finds the missing stub process, reloads the model "
-              "through the token-restricted repository API and removes the dead stub's "
-              "/dev/shm region, which Triton leaves behind.",
+              "requests (\"Stub process 'dit_0_0' is not healthy.\"); the supervisor finds "
+              "the missing stub process, reloads the model through the token-restricted "
+              "repository API and removes the dead stub's /dev/shm region, which Triton "
+              "leaves behind. Meanwhile `t2v` retries the failed stage call (a DiT step, a "
+              "VAE decode, an encode: all idempotent) with backoff for up to 60 s "
+              "(`triton_io.STAGE_RETRY_S`), so its requests finish late instead of failing.",
               "- SIGTERM: Triton alone refuses the BLS calls of running requests once it is "
-              "stopping; the supervisor unloads `t2v` first, so running requests finish and new "
-              "ones get NOT_FOUND \"no available versions\" (retried by the client).", ""]
+              "stopping; the supervisor unloads `t2v` and `t2v_stream` first, so running "
+              "requests finish and new ones get NOT_FOUND \"no available versions\" (retried "
+              "by the client).", ""]
     return "\n".join(lines)
 
 

@@ -10,10 +10,10 @@ running, so a plain SIGTERM fails every in-flight generation. The supervisor cov
   repository API. That API is on, but only for requests carrying a token made at start,
   which only the supervisor knows (everyone else gets 403). If the server process itself
   dies, it is restarted.
-- SIGTERM/SIGINT: `t2v` and `t2v_stream` are unloaded first (readiness goes false at once, new requests are
-  refused, Triton lets the running ones finish, and their BLS calls still work because the
-  other models stay up); once `t2v` is gone, or after `server.exit_timeout_s`, Triton gets
-  its SIGTERM.
+- SIGTERM/SIGINT: `t2v` and `t2v_stream` are unloaded first (readiness goes false at once,
+  new requests are refused, Triton lets the running ones finish, and their BLS calls still
+  work because the other models stay up); once both are gone, or after
+  `server.exit_timeout_s`, Triton gets its SIGTERM.
 - What happened is logged and exposed on http://<address>:<supervisor_port>/metrics
   (Prometheus text) and /healthz.
 """
