@@ -8,7 +8,7 @@ STAMP := $(VENV)/.setup-done
 PRESET ?= tiny
 ARTIFACTS := build/artifacts/$(PRESET)
 
-.PHONY: setup test test-fast serve demo repo export check perf soak train-tiny distill-tiny clean
+.PHONY: setup test test-fast serve jobs demo repo export check perf soak train-tiny distill-tiny clean
 
 setup: $(STAMP)
 
@@ -62,6 +62,12 @@ repo: $(STAMP)
 # tritonserver in the foreground on 127.0.0.1 (HTTP 8000, gRPC 8001, metrics 8002); Ctrl-C stops.
 serve: $(STAMP)
 	$(VENV)/bin/t2vserve serve --profile $(PROFILE) --repo build/model_repository
+
+# The async jobs service against `make serve`'s server (run that first, in another terminal):
+# Redis (AOF in build/jobs/redis), one worker and the /v1/videos API on 127.0.0.1:8080.
+# The API key is T2V_API_KEY, or one made and printed for this run. Ctrl-C stops all three.
+jobs: $(STAMP)
+	$(VENV)/bin/t2vserve jobs-local --server 127.0.0.1:8001=2 --port 8080
 
 demo: $(STAMP)
 	$(VENV)/bin/t2vserve demo --profile $(PROFILE) --repo build/model_repository --out-dir build/demo

@@ -1,4 +1,4 @@
-"""`t2vserve jobs` (the API), `t2vserve jobs-worker`, `t2vserve jobs-key`, `t2vserve redis`."""
+"""`t2vserve jobs` (the API), `jobs-worker`, `jobs-key`, `jobs-local` (`make jobs`), `redis`."""
 
 import os
 from pathlib import Path
@@ -65,6 +65,13 @@ def _redis(args) -> int:
     return run_foreground(Path(args.dir), args.port)
 
 
+def _local(args) -> int:
+    from t2vserve.jobs.local import run
+
+    return run(server=args.server, host=args.host, port=args.port, redis_port=args.redis_port,
+               folder=Path(args.dir), workers=args.workers)
+
+
 def register(sub) -> None:
     p = sub.add_parser("jobs", help="the async jobs API (/v1/videos) on Redis; workers generate")
     p.add_argument("--redis", default=DEFAULT_REDIS, help=f"Redis URL ({DEFAULT_REDIS})")
@@ -106,6 +113,17 @@ def register(sub) -> None:
                        "and the hashed line for the keys file)")
     p.add_argument("--owner", default="default")
     p.set_defaults(func=_key)
+
+    p = sub.add_parser("jobs-local", help="Redis + a worker + the jobs API on this machine, "
+                       "against a running server (`make jobs`); Ctrl-C stops all")
+    p.add_argument("--server", default="127.0.0.1:8001=2", metavar="HOST:PORT[=N]",
+                   help="the Triton gRPC server the worker uses (127.0.0.1:8001=2)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--redis-port", type=int, default=6379)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--dir", default="build/jobs", help="Redis AOF and stored clips (build/jobs)")
+    p.set_defaults(func=_local)
 
     p = sub.add_parser("redis", help="Redis for the jobs queue on 127.0.0.1, AOF on, in the "
                        "foreground (Ctrl-C stops)")

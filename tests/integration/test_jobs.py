@@ -3,6 +3,7 @@ workers as the `t2vserve` processes users run, real HTTP."""
 
 import http.server
 import json
+import os
 import re
 import signal
 import subprocess
@@ -301,3 +302,35 @@ def test_redis_restart_loses_and_repeats_nothing(jobs):
     assert not [n for n in stored if not n.endswith(".mp4")]
     frames = [decode_mp4(api(jobs.url, f"/v1/videos/{i}/content").content)[0] for i in ids[:2]]
     assert not np.array_equal(frames[0], frames[1])
+
+
+def test_jobs_local_makes_a_key_serves_and_stops(server, tmp_path):
+    """`make jobs`: Redis, a worker and the API together; a key made and printed when
+    T2V_API_KEY is unset; Ctrl-C stops all of them."""
+    port, redis_port = free_ports(2)
+    env = {k: v for k, v in os.environ.items() if k not in ("T2V_API_KEY", "T2V_API_KEYS")}
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "t2vserve"), "jobs-local", "--server",
+         f"{server.grpc_url}=1", "--port", str(port), "--redis-port", str(redis_port),
+         "--dir", str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    try:
+        key, lines = None, []
+        for line in proc.stdout:
+            lines.append(line)
+            if "this run's API key is" in line:
+                key = line.rsplit(" ", 1)[1].strip()
+            if line.startswith("try it"):
+                break
+        assert key, "".join(lines)
+        url = f"http://127.0.0.1:{port}"
+        job = submit(url, {"prompt": "a silver watch", **SMALL}, key=key)
+        assert wait_job(url, job["id"], key=key)["status"] == "completed"
+        assert api(url, "/v1/videos", key="not-the-key").status_code == 401
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=90)[0]
+    assert proc.returncode == 0, rest
+    assert "jobs-local: stopped" in rest
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
