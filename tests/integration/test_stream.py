@@ -89,3 +89,26 @@ def test_server_info_names_the_served_model_and_the_defaults(server, client):
         config = other.client.get_model_config("t2v_stream", as_json=True)["config"]
         assert config["parameters"]["model_ids"] == \
             other.client.get_model_config("t2v", as_json=True)["config"]["parameters"]["model_ids"]
+
+
+def test_stream_errors_map_to_the_classes_generate_raises():
+    """A gRPC stream carries an error's message without its code: t2v_stream tags its own,
+    Triton's queue answers are recognised by their text, a failed stream keeps its status."""
+    from tritonclient.utils import InferenceServerException
+
+    from t2vserve.client import Cancelled, DeadlineExceeded, QueueFull, ServerError, Unavailable
+    from t2vserve.client.core import stream_error
+
+    def err(message, status=None):
+        return stream_error(InferenceServerException(message, status=status))
+
+    invalid = err("[INVALID_ARGUMENT] steps must be in [1, 50], got 99")
+    assert isinstance(invalid, InvalidRequest) and invalid.param == "steps"
+    assert invalid.allowed == "in [1, 50]" and invalid.message.startswith("steps must")
+    assert isinstance(err("[CANCELLED] request cancelled after step 3/8"), Cancelled)
+    assert isinstance(err("[INTERNAL] dit: boom"), ServerError)
+    assert isinstance(err("Exceeds maximum queue size"), QueueFull)
+    assert isinstance(err("Request for unknown model: 't2v_stream' has no available versions"),
+                      Unavailable)
+    assert isinstance(err("Deadline Exceeded", "StatusCode.DEADLINE_EXCEEDED"), DeadlineExceeded)
+    assert type(err("something else")) is ServerError
