@@ -10,6 +10,8 @@ import time
 SERVER_MODULES = frozenset({
     "torch", "diffusers", "transformers", "accelerate", "safetensors", "sentencepiece", "onnx",
     "onnxruntime", "onnxscript", "av", "pytriton", "nvidia", "polygraphy", "matplotlib"})
+# what `pip install "t2vserve[jobs]"` adds (the jobs API and workers)
+JOBS_MODULES = frozenset({"dramatiq", "redis", "boto3", "botocore"})
 
 
 def _export_tensorrt(args) -> int:
@@ -410,10 +412,12 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except ModuleNotFoundError as exc:
-        if exc.name is None or exc.name.split(".")[0] not in SERVER_MODULES:
+        top = (exc.name or "").split(".")[0]
+        if top not in SERVER_MODULES | JOBS_MODULES:
             raise
-        print(f"t2vserve {args.command}: error: this command needs the server install "
-              f"(pip install 't2vserve[server]'); module {exc.name!r} is missing",
+        extra = "jobs" if top in JOBS_MODULES else "server"
+        print(f"t2vserve {args.command}: error: this command needs the {extra} install "
+              f"(pip install 't2vserve[{extra}]'); module {exc.name!r} is missing",
               file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError, KeyError, T2VError) as exc:
