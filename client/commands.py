@@ -1,6 +1,7 @@
 """Client-side commands of the `t2vserve` CLI: generate, batch, gateway."""
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -50,8 +51,30 @@ def _generate(args) -> int:
 def _batch(args) -> int:
     from t2vserve.client.batch import run_batch
 
+    if args.jobs:
+        return _batch_jobs(args)
     summary = run_batch(Path(args.catalog), Path(args.out_dir), url=args.url,
                         concurrency=args.concurrency, timeout=args.timeout)
+    print(f"{summary['ok']} ok, {summary['review']} for review, {summary['failed']} failed, "
+          f"{summary['skipped']} already done; manifest: {summary['manifest']}")
+    return 0 if summary["failed"] == 0 else 1
+
+
+def _batch_jobs(args) -> int:
+    from t2vserve.client.batch_jobs import JobsAuthError, run_batch_jobs
+
+    key = args.api_key or os.environ.get("T2V_API_KEY")
+    if not key:
+        print("t2vserve batch --jobs: needs an API key: --api-key KEY or T2V_API_KEY",
+              file=sys.stderr)
+        return 2
+    try:
+        summary = run_batch_jobs(Path(args.catalog), Path(args.out_dir), jobs_url=args.jobs,
+                                 api_key=key, concurrency=args.concurrency,
+                                 in_flight=args.in_flight, timeout=args.timeout)
+    except (JobsAuthError, ValueError) as exc:
+        print(f"t2vserve batch: {exc}", file=sys.stderr)
+        return 2
     print(f"{summary['ok']} ok, {summary['review']} for review, {summary['failed']} failed, "
           f"{summary['skipped']} already done; manifest: {summary['manifest']}")
     return 0 if summary["failed"] == 0 else 1
@@ -88,9 +111,17 @@ def register(sub) -> None:
     p = sub.add_parser("batch", help="clips for a catalog (JSON lines), resumable, with manifest")
     p.add_argument("catalog", help="JSON lines: one listing (or {sku, prompt}) per line")
     p.add_argument("--out-dir", default="videos")
-    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--concurrency", type=int, default=4,
+                   help="clips in flight (with --jobs: HTTP requests at once)")
     p.add_argument("--url", default=DEFAULT_URL)
     p.add_argument("--timeout", type=float, help="per-clip client deadline in seconds")
+    p.add_argument("--jobs", metavar="URL", help="make the clips through the jobs API at URL "
+                   "(`t2vserve jobs`, e.g. http://127.0.0.1:8080) instead of gRPC: same "
+                   "manifest (plus job ids), resume rules and progress line; a rerun gets "
+                   "its jobs back by Idempotency-Key")
+    p.add_argument("--api-key", help="with --jobs: the API key (default: $T2V_API_KEY)")
+    p.add_argument("--in-flight", type=int, default=64,
+                   help="with --jobs: jobs submitted and not finished at once (64)")
     p.set_defaults(func=_batch)
 
     p = sub.add_parser("gateway", help="HTTP shim: POST /t2v/generate JSON -> video/mp4")
