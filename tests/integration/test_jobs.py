@@ -19,8 +19,9 @@ import requests
 from t2vserve.jobs import webhooks
 from t2vserve.media import decode_mp4
 from t2vserve.serve.server import free_ports
-from tests.jobs_fixtures import (HEARTBEAT_MS, KEYS, SECRET, SMALL, Jobs, start_api, api,  # noqa: F401
-                                 dit_calls, jobs, submit, wait_job)
+from tests.jobs_fixtures import (HEARTBEAT_MS, KEYS, SECRET, SMALL, Jobs, api,  # noqa: F401
+                                 dit_calls, jobs, new_bucket, s3_server, start_api, submit,
+                                 wait_job)
 
 pytestmark = pytest.mark.slow
 
@@ -334,3 +335,38 @@ def test_jobs_local_makes_a_key_serves_and_stops(server, tmp_path):
     assert "jobs-local: stopped" in rest
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_clips_stored_in_s3(jobs, s3_server, tmp_path):
+    """The production storage: a worker and an API on S3 (a local moto server), on their own
+    Redis database so that only this worker takes the job."""
+    import boto3
+
+    bucket = new_bucket(s3_server)
+    storage = f"s3://{bucket}/clips?endpoint_url={s3_server}&region=us-east-1"
+    redis_url = f"redis://127.0.0.1:{jobs.redis_port}/2"
+    s3 = Jobs("", "", jobs.redis_port, jobs.redis_dir, Path(storage), jobs.grpc_url, tmp_path,
+              dict(os.environ, **{k: jobs.env[k] for k in ("T2V_API_KEYS", "T2V_WEBHOOK_SECRET")}))
+    url = start_api(s3, free_ports(1)[0], "--redis", redis_url, "--storage", storage)
+    worker = subprocess.Popen(
+        [str(Path(sys.executable).parent / "t2vserve"), "jobs-worker", "--redis", redis_url,
+         "--storage", storage, "--server", f"{jobs.grpc_url}=1"], env=s3.env,
+        stdout=open(tmp_path / "worker.log", "ab"), stderr=subprocess.STDOUT)
+    try:
+        job = wait_job(url, submit(url, {"prompt": "a wool scarf", **SMALL, "seed": 51})["id"])
+        assert job["status"] == "completed", (tmp_path / "worker.log").read_text()[-3000:]
+        data = api(url, f"/v1/videos/{job['id']}/content").content
+        obj = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").get_object(
+            Bucket=bucket, Key=f"clips/videos/{job['id']}.mp4")
+        assert obj["Body"].read() == data and obj["ContentType"] == "video/mp4"
+        assert decode_mp4(data)[0].shape == (5, 64, 64, 3)
+        api(url, f"/v1/videos/{job['id']}", "DELETE")
+        listed = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1") \
+            .list_objects_v2(Bucket=bucket).get("KeyCount", 0)
+        assert listed == 0
+    finally:
+        worker.kill()
+        worker.wait()
+        for proc in s3.apis:
+            proc.kill()
+            proc.wait()
