@@ -157,7 +157,7 @@ def test_server_wheel_renders_and_serves_from_outside_the_tree(server_site, tiny
     copy = yaml.safe_load((outside / "repo" / "profile.yaml").read_text())
     assert copy["root"] == str(outside) and copy["name"] == "cpu-tiny"
     assert sorted(p.name for p in (outside / "repo").iterdir() if p.is_dir()) == [
-        "dit", "t2v", "text_encoder", "vae_decoder", "video_encoder"]
+        "dit", "t2v", "t2v_stream", "text_encoder", "vae_decoder", "video_encoder"]
 
     # and serves: the stubs import the installed package too
     data = yaml.safe_load((server_site / "t2vserve" / "profiles" / "cpu-tiny.yaml").read_text())
