@@ -202,6 +202,14 @@ async def _own_job(request: web.Request) -> dict:
     return job
 
 
+def _replay(job: dict, job_request: dict, key: str | None) -> web.Response:
+    if job["request"] != job_request:
+        raise _error(409, "idempotency_key_reused",
+                     f"Idempotency-Key {_show(key)} was used for a different request "
+                     f"(job {job['id']})", "Idempotency-Key")
+    return web.json_response(public_job(job), status=200, headers={"Idempotent-Replayed": "true"})
+
+
 async def create_video(request: web.Request) -> web.Response:
     svc = _service(request)
     body = await _json_body(request)
@@ -214,6 +222,11 @@ async def create_video(request: web.Request) -> web.Response:
         raise _bad("invalid_value", f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable "
                                     "characters", "Idempotency-Key")
     owner = request[OWNER]
+    # a replay is answered before the limits: it creates nothing (a client resuming after a
+    # crash is not throttled for asking what it already made)
+    job = None if key is None else await _call(svc.records.replayed, owner, key)
+    if job is not None:
+        return _replay(job, job_request, key)
     try:
         await _call(svc.records.check_rate, owner, svc.config.limits)
     except RateLimited as exc:
@@ -221,13 +234,8 @@ async def create_video(request: web.Request) -> web.Response:
                            headers={"Retry-After": str(exc.retry_after)}) from exc
     job, created = await _call(svc.records.create, owner, job_request, priority=priority,
                                webhook_url=url, idempotency_key=key)
-    if not created:
-        if job["request"] != job_request:
-            raise _error(409, "idempotency_key_reused",
-                         f"Idempotency-Key {_show(key)} was used for a different request "
-                         f"(job {job['id']})", "Idempotency-Key")
-        return web.json_response(public_job(job), status=200,
-                                 headers={"Idempotent-Replayed": "true"})
+    if not created:  # the same key, at the same moment
+        return _replay(job, job_request, key)
     try:
         await _call(svc.queue.enqueue, job["id"], priority)
     except GatewayError:

@@ -206,6 +206,12 @@ class Records:
             raise RateLimited(f"this API key already has {active} jobs queued or running "
                               f"(limit {limits.active_jobs})", 5)
 
+    def replayed(self, owner: str, idempotency_key: str) -> dict | None:
+        """The job an Idempotency-Key already made, if it still exists."""
+        digest = hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()
+        job_id = self.r.get(f"{PREFIX}idem:{owner}:{digest}")
+        return self.get(job_id) if job_id else None
+
     def create(self, owner: str, request: dict, *, priority: str, webhook_url: str | None,
                idempotency_key: str | None) -> tuple[dict, bool]:
         """A new queued job, or the one this Idempotency-Key already made (created False)."""

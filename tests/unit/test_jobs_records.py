@@ -91,3 +91,10 @@ def test_keys_are_kept_hashed(tmp_path):
         auth.load_keys(path, env={})
     with pytest.raises(auth.KeyFileError):
         auth.load_keys(None, env={"T2V_API_KEYS": "bad name=k"})
+
+
+def test_replay_found_before_limits(records):
+    job, _ = records.create("t6", {"prompt": "d"}, priority="normal", webhook_url=None,
+                            idempotency_key="k9")
+    assert records.replayed("t6", "k9")["id"] == job["id"]
+    assert records.replayed("t6", "other") is None and records.replayed("t7", "k9") is None
