@@ -212,18 +212,25 @@ def stub_tensors(profile: Profile, width: int, height: int,
     ]
 
 
+def public_instances(profile: Profile) -> int:
+    """Requests the server runs at once: t2v's instances, and as many of t2v_stream's (the
+    streaming twin the repository renders with t2v's settings)."""
+    return 2 * int(profile.model("t2v")["instances"])
+
+
 def shm_requirement(profile: Profile) -> tuple[int, str]:
     w, h, f = profile.limits.largest_clip()
     tensors = stub_tensors(profile, w, h, f)
     per_request = sum(size * copies for _, size, copies in tensors)
     frames = w * h * f * 3
-    in_flight = int(profile.model("t2v")["instances"])
-    stubs = sum(int(m["instances"]) for m in profile.data["models"].values())
+    in_flight = public_instances(profile)
+    stubs = sum(int(m["instances"]) for m in profile.data["models"].values()) + \
+        int(profile.model("t2v")["instances"])
     need = per_request * in_flight + stubs * SHM_DEFAULT_REGION
     why = (f"the limits admit {w}x{h}x{f} clips, whose tensors crossing stub boundaries "
            f"(frames {frames / 2**20:.0f} MiB once in the frame store, the MP4, latents and embeddings) come "
-           f"to {per_request / 2**20:.0f} MiB per request, x{in_flight} t2v instances in "
-           f"flight, and {stubs} stubs keep a {SHM_DEFAULT_REGION >> 20} MiB region each")
+           f"to {per_request / 2**20:.0f} MiB per request, x{in_flight} t2v and t2v_stream "
+           f"instances in flight, and {stubs} stubs keep a {SHM_DEFAULT_REGION >> 20} MiB region each")
     return need, why
 
 
