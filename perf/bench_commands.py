@@ -1,6 +1,7 @@
 """`t2vserve bench gpu`: the networks' latency and MFU on this machine (see perf/bench_gpu.py).
 `t2vserve bench encoder`: x264 held to AVX2 against its own detection (perf/bench_encoder.py).
-`t2vserve bench sampling`: quality against cost of the sampling modes, served (perf/sampling_table.py)."""
+`t2vserve bench sampling`: quality against cost of the sampling modes, served (perf/sampling_table.py).
+`t2vserve bench jobs`: a burst of async jobs through Redis and the workers (perf/jobs_burst.py)."""
 
 
 def _parse_shapes(values: list[str]) -> list[tuple[int, int, int]]:
@@ -81,6 +82,50 @@ def _bench_sampling(args) -> int:
     return 0  # a missed target is a finding, not a failure
 
 
+def _bench_jobs(args) -> int:
+    import contextlib
+    import signal
+    import sys
+    from pathlib import Path
+
+    from t2vserve.perf.jobs_burst import markdown, run_burst, write
+
+    if args.jobs < 1 or args.workers < 1:
+        raise ValueError(f"--jobs and --workers must be >= 1, got {args.jobs} and {args.workers}")
+    size = _parse_shapes([args.shape])
+    if not size:
+        raise ValueError(f"--shape takes WIDTHxHEIGHTxFRAMES, e.g. 64x64x5; got {args.shape}")
+    if bool(args.url) == bool(args.serve):
+        raise ValueError("give --url HOST:PORT (a running server) or --serve (start one)")
+    # SIGTERM as Ctrl-C: the driver's cleanup stops Redis, the API and the workers
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.serve:
+        from t2vserve.perf.commands import _served
+        from t2vserve.profile import load_profile
+        from t2vserve.serve.server import free_ports
+
+        profile = load_profile(args.profile)
+        # ports of its own, so a server already on the profile's ports is left alone
+        http, grpc, metrics, supervisor = free_ports(4)
+        profile.data["server"].update(http_port=http, grpc_port=grpc, metrics_port=metrics,
+                                      supervisor_port=supervisor)
+        server = _served(profile, Path(args.work_dir) / "server")
+        name = profile.name
+    else:
+        server, name = contextlib.nullcontext(args.url), args.profile_name
+    with server as url:
+        result = run_burst(url, jobs=args.jobs, workers=args.workers, size=size[0],
+                           steps=args.steps, guidance=args.guidance,
+                           work_dir=Path(args.work_dir), profile=name,
+                           log=lambda s: print(s, flush=True))
+    if args.note:
+        result["note"] = args.note
+    path = write(result, args.out_dir)
+    print(markdown(result))
+    print(f"wrote {path} (+ .md)")
+    return 0 if result["completed"] == args.jobs and result["duplicates"]["ok"] else 1
+
+
 def register(sub) -> None:
     p = sub.add_parser("bench", help="micro-benchmarks of the networks on this machine")
     bench = p.add_subparsers(dest="bench_command", required=True)
@@ -136,3 +181,28 @@ def register(sub) -> None:
                         "come out identical) and write the merged table")
     s.add_argument("--out-dir", default="perf/results")
     s.set_defaults(func=_bench_sampling)
+
+    j = bench.add_parser("jobs", help="a burst of async jobs (/v1/videos) through its own Redis, "
+                                      "one jobs API and N workers on one server: all complete, "
+                                      "none duplicated, queue wait and throughput; writes "
+                                      "<out-dir>/jobs-burst-<date>-<host>.json and .md")
+    j.add_argument("--jobs", type=int, default=200, help="jobs in the burst (default 200)")
+    j.add_argument("--workers", type=int, default=2,
+                   help="`t2vserve jobs-worker` processes, one generation at a time each "
+                        "(default 2)")
+    j.add_argument("--url", help="Triton gRPC host:port of a running t2vserve server, used by "
+                                 "nothing else during the run (its dit count is checked)")
+    j.add_argument("--serve", action="store_true",
+                   help="start tritonserver for --profile on free loopback ports instead")
+    j.add_argument("--profile", default="profiles/cpu-tiny.yaml",
+                   help="the profile --serve serves (default cpu-tiny)")
+    j.add_argument("--profile-name", help="with --url: the served profile's name, for the record")
+    j.add_argument("--shape", default="64x64x5", metavar="WxHxF", help="clip size (64x64x5)")
+    j.add_argument("--steps", type=int, default=2, help="denoising steps per clip (2)")
+    j.add_argument("--guidance", type=float,
+                   help="guidance_scale (default: the server's default)")
+    j.add_argument("--work-dir", default="build/jobs-burst",
+                   help="Redis, storage and the service's logs (wiped first)")
+    j.add_argument("--note", help="a line for the result (e.g. what else ran on the machine)")
+    j.add_argument("--out-dir", default="perf/results")
+    j.set_defaults(func=_bench_jobs)
