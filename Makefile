@@ -44,14 +44,16 @@ check: $(STAMP)
 
 # Unit, integration and reliability tests; `gpu`/`tensorrt` ones skip with their reason here.
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not soak"
+	$(PY) -m pytest -q -m "not soak" --durations=25
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-# The reliability cases, the 10-minute soak included, then RELIABILITY.md from their figures.
+# The reliability cases, the 10-minute soak included, then RELIABILITY.md from their figures;
+# and the jobs service's 200-job burst.
 soak: $(STAMP)
 	T2VSERVE_RELIABILITY_OUT=build/reliability $(PY) -m pytest -q -p no:logging tests/reliability
+	$(PY) -m pytest -q -p no:logging -m soak tests/integration/test_jobs_burst.py
 	$(PY) -m t2vserve.perf.reliability_report build/reliability RELIABILITY.md
 
 PROFILE ?= profiles/cpu-tiny.yaml
