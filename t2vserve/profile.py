@@ -77,6 +77,11 @@ class Profile:
     def model(self, name: str) -> dict:
         return self.data["models"][name]
 
+    def stream_instances(self) -> int:
+        """t2v_stream's instances: `models.t2v_stream.instances`, else as many as t2v's."""
+        stream = self.data["models"].get("t2v_stream")
+        return int((stream or self.model("t2v"))["instances"])
+
 
 def limits_from(lim: dict) -> Limits:
     w, h = lim["width"], lim["height"]

@@ -116,6 +116,7 @@ def template_values(profile: Profile, profile_path: Path) -> dict[str, str]:
         "derived.text_len": str(manifest["text_len"]),
         "derived.latent_channels": str(manifest["latent_channels"]),
         "derived.qc_size": "4",
+        "derived.t2v_stream.instances": str(profile.stream_instances()),
     })
     values.update(placement_values(profile))
     for key, data in served_metadata(profile).items():

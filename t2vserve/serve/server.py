@@ -213,9 +213,9 @@ def stub_tensors(profile: Profile, width: int, height: int,
 
 
 def public_instances(profile: Profile) -> int:
-    """Requests the server runs at once: t2v's instances, and as many of t2v_stream's (the
-    streaming twin the repository renders with t2v's settings)."""
-    return 2 * int(profile.model("t2v")["instances"])
+    """Requests the server runs at once: t2v's instances and t2v_stream's (the streaming
+    twin; as many as t2v's unless models.t2v_stream.instances says)."""
+    return int(profile.model("t2v")["instances"]) + profile.stream_instances()
 
 
 def shm_requirement(profile: Profile) -> tuple[int, str]:
@@ -224,8 +224,8 @@ def shm_requirement(profile: Profile) -> tuple[int, str]:
     per_request = sum(size * copies for _, size, copies in tensors)
     frames = w * h * f * 3
     in_flight = public_instances(profile)
-    stubs = sum(int(m["instances"]) for m in profile.data["models"].values()) + \
-        int(profile.model("t2v")["instances"])
+    stubs = sum(int(m["instances"]) for name, m in profile.data["models"].items()
+                if name != "t2v_stream") + profile.stream_instances()
     need = per_request * in_flight + stubs * SHM_DEFAULT_REGION
     why = (f"the limits admit {w}x{h}x{f} clips, whose tensors crossing stub boundaries "
            f"(frames {frames / 2**20:.0f} MiB once in the frame store, the MP4, latents and embeddings) come "

@@ -86,7 +86,7 @@ class Supervisor:
         self.log_path = log_path
         self.poll_s = poll_s
         self.expected = {name: int(m["instances"]) for name, m in profile.data["models"].items()}
-        self.expected.setdefault("t2v_stream", self.expected["t2v"])  # rendered as t2v
+        self.expected["t2v_stream"] = profile.stream_instances()
         self.proc: subprocess.Popen | None = None
         self.stop_signal: str | None = None
         self.state = "starting"

@@ -263,6 +263,11 @@ def test_worker_killed_mid_job_completes_exactly_once(jobs):
         jobs.start_worker()
         done = wait_job(jobs.url, created["id"], timeout=120)
         took = time.monotonic() - killed
+        deadline = time.monotonic() + 30  # the webhook goes out after the completion
+        while (done["webhook"] or {}).get("state") == "pending":
+            assert time.monotonic() < deadline, done
+            time.sleep(0.1)
+            done = api(jobs.url, f"/v1/videos/{created['id']}").json()
         time.sleep(1.0)  # a second (wrong) completion would have arrived by now
     finally:
         receiver.close()
@@ -368,5 +373,40 @@ def test_clips_stored_in_s3(jobs, s3_server, tmp_path):
         worker.kill()
         worker.wait()
         for proc in s3.apis:
+            proc.kill()
+            proc.wait()
+
+
+def test_rate_and_active_job_limits_answer_429_with_retry_after(jobs, tmp_path):
+    """A third API process on its own Redis database (no workers: its jobs stay queued)."""
+    limited = Jobs("", "", jobs.redis_port, jobs.redis_dir, tmp_path / "s", jobs.grpc_url,
+                   tmp_path, jobs.env)
+    url = start_api(limited, free_ports(1)[0], "--redis",
+                    f"redis://127.0.0.1:{jobs.redis_port}/4", "--rate-per-minute", "3",
+                    "--max-active-jobs", "2")
+    try:
+        if time.time() % 60 > 50:  # the per-minute counter must not roll over mid-test
+            time.sleep(61 - time.time() % 60)
+        body = {"prompt": "a lamp", **SMALL}
+        assert [api(url, "/v1/videos", "POST", json=body).status_code for _ in range(2)] == \
+            [202, 202]
+        r = api(url, "/v1/videos", "POST", json=body)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
+        assert "2 jobs queued or running" in r.json()["error"]["message"]
+        assert 1 <= int(r.headers["Retry-After"]) <= 60
+        r = api(url, "/v1/videos", "POST", json=body)  # the 4th this minute
+        assert r.status_code == 429 and "more than 3 requests a minute" in r.json()["error"][
+            "message"] and int(r.headers["Retry-After"]) >= 1
+        # another key has its own limits; a replayed Idempotency-Key is not counted
+        assert api(url, "/v1/videos", "POST", key="bob", json=body,
+                   headers={"Idempotency-Key": "b1"}).status_code == 202
+        for _ in range(4):
+            again = api(url, "/v1/videos", "POST", key="bob", json=body,
+                        headers={"Idempotency-Key": "b1"})
+            assert again.status_code == 200
+        assert api(url, "/v1/videos", "POST", key="bob", json={**body, "seed": 3}).status_code \
+            == 202
+    finally:
+        for proc in limited.apis:
             proc.kill()
             proc.wait()

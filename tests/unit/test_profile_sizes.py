@@ -69,8 +69,10 @@ def test_every_admitted_size_passes_validation_fits_the_engines_and_the_shm_sizi
     frames = _frames(limits)
     largest = limits.largest_clip()
     need, _ = shm_requirement(profile)
-    in_flight = 2 * int(profile.model("t2v")["instances"])  # t2v and t2v_stream
-    stubs = sum(int(m["instances"]) for m in profile.data["models"].values()) + in_flight // 2
+    streams = profile.stream_instances()
+    in_flight = int(profile.model("t2v")["instances"]) + streams  # t2v and t2v_stream
+    stubs = sum(int(m["instances"]) for n, m in profile.data["models"].items()
+                if n != "t2v_stream") + streams
     budget = _per_request(profile, *largest)
     assert need == budget * in_flight + stubs * SHM_DEFAULT_REGION
 

@@ -147,7 +147,12 @@ def test_t2v_and_t2v_stream_publish_model_ids_and_request_defaults(profile, tmp_
     assert stream.model_transaction_policy.decoupled and not t2v.model_transaction_policy.decoupled
     assert list(stream.input) == list(t2v.input)
     assert [o.name for o in stream.output] == [o.name for o in t2v.output] + ["progress"]
-    assert stream.instance_group == t2v.instance_group
+    # placed as t2v; its own count (models.t2v_stream.instances), else t2v's
+    assert [(g.kind, g.count) for g in stream.instance_group] == \
+        [(t2v.instance_group[0].kind, profile.stream_instances())]
+    assert profile.stream_instances() == 2 and t2v.instance_group[0].count == 8
+    del profile.data["models"]["t2v_stream"]
+    assert profile.stream_instances() == 8
     assert stream.dynamic_batching == t2v.dynamic_batching
     # without a negative prompt in the profile, the schema's default is what is served
     del profile.data["defaults"]["negative_prompt"]
