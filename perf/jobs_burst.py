@@ -79,26 +79,12 @@ def _stop(procs: list[subprocess.Popen], timeout_s: float = 10.0) -> None:
             proc.wait()
 
 
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the jobs API exited with {proc.returncode}:\n"
-                               f"{log.read_bytes()[-3000:].decode('utf-8', 'replace')}")
-        try:
-            if requests.get(url + "/healthz", timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"the jobs API at {url} was not healthy within {timeout_s:.0f} s")
-
-
 @contextmanager
 def jobs_service(grpc_url: str, work_dir: Path, workers: int = 2, jobs: int = 200):
     """The jobs service on `grpc_url` for the duration of the block; a fresh Redis and storage
     under `work_dir` (wiped first)."""
     from t2vserve.jobs import redis_server
+    from t2vserve.jobs.local import wait_healthy
 
     work_dir = Path(work_dir).resolve()
     for name in ("redis", "storage"):
@@ -124,7 +110,7 @@ def jobs_service(grpc_url: str, work_dir: Path, workers: int = 2, jobs: int = 20
             svc.procs.append(_spawn([T2VSERVE, "jobs-worker", "--redis", redis_url,
                                      "--storage", str(storage), "--server", f"{grpc_url}=1"],
                                     work_dir / f"worker{n}.log", env))
-        _wait_http(svc.url, api, api_log)
+        wait_healthy(svc.url, api, api_log, timeout_s=60.0)
         yield svc
     finally:
         _stop(svc.procs)

@@ -30,6 +30,7 @@ import pytest
 import requests
 
 from t2vserve.jobs import redis_server
+from t2vserve.jobs.local import wait_healthy
 from t2vserve.serve.server import free_ports
 
 S3_REGION = "us-east-1"
@@ -180,16 +181,8 @@ def start_api(jobs: Jobs, port: int, *extra: str) -> str:
         env=jobs.env, stdout=log, stderr=subprocess.STDOUT)
     jobs.apis.append(proc)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url + "/healthz", timeout=2).status_code == 200:
-                return url
-        except requests.ConnectionError:
-            pass
-        assert proc.poll() is None, (jobs.tmp / f"api{port}.log").read_text()
-        time.sleep(0.1)
-    raise AssertionError("the jobs API did not start")
+    wait_healthy(url, proc, jobs.tmp / f"api{port}.log")
+    return url
 
 
 @pytest.fixture(scope="module")

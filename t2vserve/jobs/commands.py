@@ -99,7 +99,7 @@ def register(sub) -> None:
     p.add_argument("--server", action="append", metavar="HOST:PORT[=N]",
                    help="a Triton gRPC server and how many generations it takes at once "
                         "(default 127.0.0.1:8001=2); repeat for several")
-    p.add_argument("--threads", type=int, help="actor threads (default: total concurrency + 1)")
+    p.add_argument("--threads", type=int, help="actor threads (default: the servers' total concurrency)")
     p.add_argument("--heartbeat-timeout-ms", type=int, default=5000,
                    help="a worker silent this long is dead and its jobs go to another (5000)")
     p.add_argument("--allow-private-webhooks", action="store_true")

@@ -22,19 +22,24 @@ try it (another terminal):
 """
 
 
-def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path | None = None,
+                 timeout_s: float = 30.0) -> None:
+    """Until the jobs API at `url` answers 200 on /healthz; RuntimeError (with the tail of
+    its `log`) if it exits first or takes longer than `timeout_s`."""
     import urllib.request
 
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the jobs API exited with {proc.returncode}")
+            tail = "" if log is None else ":\n" + log.read_bytes()[-3000:].decode("utf-8",
+                                                                                "replace")
+            raise RuntimeError(f"the jobs API exited with {proc.returncode}{tail}")
         try:
-            with urllib.request.urlopen(url, timeout=2):
+            with urllib.request.urlopen(url + "/healthz", timeout=2):
                 return
         except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"the jobs API did not answer {url} within {timeout:.0f} s")
+            time.sleep(0.1)
+    raise RuntimeError(f"the jobs API at {url} was not healthy within {timeout_s:.0f} s")
 
 
 def run(*, server: str, host: str, port: int, redis_port: int, folder: Path,
@@ -71,7 +76,7 @@ def run(*, server: str, host: str, port: int, redis_port: int, folder: Path,
                                 "--url", server.split("=")[0], "--host", host,
                                 "--port", str(port)], env=env)
         procs.append(("api", api))
-        _wait_http(f"http://{host}:{port}/healthz", api)
+        wait_healthy(f"http://{host}:{port}", api)
         print(CURL.format(key=key, host=host, port=port), flush=True)
         while not stop["now"]:
             dead = [(name, p) for name, p in procs if p.poll() is not None]

@@ -266,7 +266,7 @@ class JobRunner:
                 digest = content_hash(resolved)
                 if self._from_cache(job_id, digest):
                     return server
-                video = self._stream(job_id, server, request, resolved)
+                video = self._stream(job_id, server, job, resolved)
                 break
             except T2VError as exc:
                 if not exc.retryable or attempt + 1 == self.config.retry.attempts:
@@ -296,11 +296,11 @@ class JobRunner:
         self.records.count("cache_hits")
         return True
 
-    def _stream(self, job_id: str, server: _Server, request: dict, resolved: dict) -> Video | None:
+    def _stream(self, job_id: str, server: _Server, job: dict, resolved: dict) -> Video | None:
         params = {name: resolved[name] for name in GENERATION_FIELDS}
-        priority = 1 if (self.records.get(job_id) or {}).get("priority") == "high" else 0
+        priority = 1 if job.get("priority") == "high" else 0
         started = time.monotonic()
-        stream = server.client.generate_stream(request["prompt"], priority=priority,
+        stream = server.client.generate_stream(job["request"]["prompt"], priority=priority,
                                                timeout=self.config.generation_timeout_s,
                                                request_id=job_id, **params)
         video = None
