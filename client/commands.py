@@ -7,6 +7,21 @@ import time
 from pathlib import Path
 
 DEFAULT_URL = "127.0.0.1:8001"
+URL_HELP = (f"Triton gRPC host:port ({DEFAULT_URL}), or several servers, balanced round robin "
+            "with retries on the others: ipv4:10.0.0.1:8001,10.0.0.2:8001, "
+            "dns:///name:port (every address of the name), or 10.0.0.1:8001,10.0.0.2:8001")
+
+
+def _url(text: str) -> str:
+    """--url checked before any connection: the gRPC target, or argparse's error."""
+    import argparse
+
+    from t2vserve.client.core import grpc_target
+
+    try:
+        return grpc_target(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _generate(args) -> int:
@@ -92,7 +107,7 @@ def register(sub) -> None:
     p.add_argument("prompt", nargs="?", help="the prompt (Chinese or English)")
     p.add_argument("--product", help="a listing JSON file instead of a prompt")
     p.add_argument("-o", "--output", default="out.mp4")
-    p.add_argument("--url", default=DEFAULT_URL, help=f"Triton gRPC host:port ({DEFAULT_URL})")
+    p.add_argument("--url", type=_url, default=DEFAULT_URL, help=URL_HELP)
     p.add_argument("--width", type=int)
     p.add_argument("--height", type=int)
     p.add_argument("--duration", type=float, help="seconds; frames = nearest 4k+1 to duration x fps")
@@ -113,7 +128,7 @@ def register(sub) -> None:
     p.add_argument("--out-dir", default="videos")
     p.add_argument("--concurrency", type=int, default=4,
                    help="clips in flight (with --jobs: HTTP requests at once)")
-    p.add_argument("--url", default=DEFAULT_URL)
+    p.add_argument("--url", type=_url, default=DEFAULT_URL, help=URL_HELP)
     p.add_argument("--timeout", type=float, help="per-clip client deadline in seconds")
     p.add_argument("--jobs", metavar="URL", help="make the clips through the jobs API at URL "
                    "(`t2vserve jobs`, e.g. http://127.0.0.1:8080) instead of gRPC: same "
@@ -125,7 +140,7 @@ def register(sub) -> None:
     p.set_defaults(func=_batch)
 
     p = sub.add_parser("gateway", help="HTTP shim: POST /t2v/generate JSON -> video/mp4")
-    p.add_argument("--url", default=DEFAULT_URL, help="Triton gRPC host:port")
+    p.add_argument("--url", type=_url, default=DEFAULT_URL, help=URL_HELP)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.set_defaults(func=_gateway)

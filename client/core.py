@@ -1,5 +1,9 @@
 """The thin gRPC client over Triton's `t2v` model: sync and asyncio. No model logic.
 
+One server (`host:port`) or several (`ipv4:a:p,b:p`, `dns:///name:port`, or `a:p,b:p`):
+with several, gRPC spreads the calls round robin and retries one that gets UNAVAILABLE,
+and this client's own retry lands on the next server (see `grpc_target`).
+
 Deadlines are client-side (`timeout`, seconds); retries happen only on errors that mean
 "try again" (queue full / server unavailable), with jittered exponential backoff, and reuse
 the same request id so a retry is the same request. INVALID_ARG is never retried.
@@ -10,6 +14,7 @@ after each denoising step, then the `Video`. Closing the stream early cancels th
 
 import asyncio
 import hashlib
+import ipaddress
 import json
 import math
 import queue
@@ -295,9 +300,115 @@ def server_info_of(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
                                        f"(a server older than this client)") from None
 
 
+TARGET_FORMS = ("host:port (one server), ipv4:10.0.0.1:8001,10.0.0.2:8001 or "
+                "ipv6:[::1]:8001,[::1]:9001 (several by address), dns:///name:port (every "
+                "address the name resolves to), or 10.0.0.1:8001,10.0.0.2:8001 (IP literals of "
+                "one family; written out as the ipv4:/ipv6: form)")
+# Triton's gRPC service: the retry policy below names it, so it covers every method
+SERVICE = "inference.GRPCInferenceService"
+# gRPC's own retry of a call that failed UNAVAILABLE before the server answered (connection
+# refused or lost): at most 5 tries in all (gRPC's cap), a fraction of a second apart, so a
+# dead server costs a call milliseconds; the client's RetryPolicy still covers the rest.
+CHANNEL_RETRY = {"maxAttempts": 5, "initialBackoff": "0.1s", "maxBackoff": "1s",
+                 "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}
+
+
+def _split_host_port(entry: str, target: str) -> tuple[str, int]:
+    host, sep, port = entry.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"server {entry!r} in {target!r} must be host:port with a port in "
+                         f"[1, 65535]; a target may be {TARGET_FORMS}")
+    return host, int(port)
+
+
+def _ip_family(host: str) -> str | None:
+    """"ipv4" or "ipv6" for an IP literal (IPv6 in brackets), None for a host name."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        address = ipaddress.ip_address(bare)
+    except ValueError:
+        return None
+    if address.version == 6 and bare == host:
+        return None  # gRPC needs [::1]:port; an unbracketed IPv6 cannot be told from its port
+    return f"ipv{address.version}"
+
+
+def grpc_target(url: str) -> str:
+    """The gRPC target for `url`: one host:port and the gRPC schemes (`ipv4:`, `ipv6:`,
+    `dns:`, `unix:`) unchanged; a comma list of IP-literal host:port pairs as `ipv4:a,b` or
+    `ipv6:a,b`. gRPC has no target for several host names: such a list is refused, and so
+    is a list mixing IPv4 and IPv6. Raises ValueError saying what is allowed."""
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError(f"the server address is empty; give {TARGET_FORMS}")
+    target = url.strip()
+    scheme, colon, rest = target.partition(":")
+    if colon and scheme in ("ipv4", "ipv6"):
+        entries = [e.strip() for e in rest.split(",")]
+        for entry in entries:
+            host, _ = _split_host_port(entry, target)
+            if _ip_family(host) != scheme:
+                raise ValueError(f"{entry!r} in {target!r} is not an {scheme} address:port; "
+                                 f"a target may be {TARGET_FORMS}")
+        return f"{scheme}:{','.join(entries)}"
+    if colon and scheme in ("dns", "unix", "unix-abstract"):
+        return target
+    if "," not in target:
+        _split_host_port(target, target)
+        return target
+    entries = [e.strip() for e in target.split(",")]
+    families = set()
+    for entry in entries:
+        host, _ = _split_host_port(entry, target)
+        family = _ip_family(host)
+        if family is None:
+            raise ValueError(f"several servers by host name ({host!r} in {target!r}) has no "
+                             f"gRPC target: give IP addresses (ipv4:10.0.0.1:8001,10.0.0.2:8001)"
+                             f" or one name that resolves to every server (dns:///name:port)")
+        families.add(family)
+    if len(families) > 1:
+        raise ValueError(f"{target!r} mixes IPv4 and IPv6 addresses, and gRPC takes one "
+                         f"family per target; a target may be {TARGET_FORMS}")
+    return f"{families.pop()}:{','.join(entries)}"
+
+
+def several_servers(target: str) -> bool:
+    """True for a target that can name more than one server (an address list or a name)."""
+    return target.startswith(("ipv4:", "ipv6:", "dns:"))
+
+
+def channel_args(target: str) -> list[tuple[str, Any]] | None:
+    """tritonclient's channel_args for `target`: None (tritonclient's defaults) for one
+    server; for several, round robin and gRPC's retry on UNAVAILABLE. A list replaces
+    tritonclient's defaults, so it restates them: INT32_MAX message sizes (a video is
+    megabytes, gRPC's default cap is 4 MB) and KeepAliveOptions()'s keepalive."""
+    if not several_servers(target):
+        return None
+    from tritonclient.grpc import KeepAliveOptions
+    from tritonclient.grpc._client import MAX_GRPC_MESSAGE_SIZE
+
+    keepalive = KeepAliveOptions()
+    config = {"methodConfig": [{"name": [{"service": SERVICE}], "retryPolicy": CHANNEL_RETRY}]}
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", json.dumps(config)),
+    ]
+
+
 class _Base:
     def __init__(self, url: str, retry: RetryPolicy, grpc_module: Any):
-        self.url, self.retry, self._grpc = url, retry, grpc_module
+        self.url = grpc_target(url)
+        self.retry, self._grpc = retry, grpc_module
+        self.channel_args = channel_args(self.url)
+
+    def _connect(self) -> Any:
+        return self._grpc.InferenceServerClient(url=self.url, channel_args=self.channel_args)
 
     def _prepare(self, prompt: str, request_id: str | None, params: dict[str, Any],
                  stream: bool = False) -> tuple[list[Any], list[Any], str]:
@@ -322,14 +433,14 @@ class _Base:
 
 
 class T2VClient(_Base):
-    """Synchronous client. `url` is host:port of Triton's gRPC endpoint (or any target gRPC
-    accepts, e.g. `dns:///t2v.internal:8001`)."""
+    """Synchronous client. `url`: Triton's gRPC endpoint, host:port, or several servers
+    (`ipv4:a:p,b:p`, `dns:///name:port`, `a:p,b:p`; see grpc_target), balanced round robin."""
 
     def __init__(self, url: str = "127.0.0.1:8001", *, retry: RetryPolicy = RetryPolicy()):
         import tritonclient.grpc as grpcclient
 
         super().__init__(url, retry, grpcclient)
-        self.client = grpcclient.InferenceServerClient(url=url)
+        self.client = self._connect()
 
     def generate(self, prompt: str, *, width: int | None = None, height: int | None = None,
                  duration: float | None = None, num_frames: int | None = None,
@@ -382,8 +493,6 @@ class T2VClient(_Base):
         then the Video. Closing the generator early (break, .close()) cancels the request:
         the server stops between two steps. Raises what generate raises; a queue-full or
         unavailable server is retried by the policy until the first event arrives."""
-        import tritonclient.grpc as grpcclient
-
         inputs, outputs, rid = self._prepare(prompt, request_id, dict(
             width=width, height=height, duration=duration, num_frames=num_frames, fps=fps,
             steps=steps, guidance_scale=guidance_scale, seed=seed,
@@ -393,7 +502,7 @@ class T2VClient(_Base):
             left = None if deadline is None else max(deadline - time.monotonic(), 1e-3)
             events: queue.Queue[tuple[Any, Any]] = queue.Queue()
             # one stream per connection (tritonclient): a fresh client for each
-            client = grpcclient.InferenceServerClient(url=self.url)
+            client = self._connect()
             video, started = None, False
             try:
                 client.start_stream(callback=lambda result, error: events.put((result, error)),
@@ -460,7 +569,7 @@ class AsyncT2VClient(_Base):
         import tritonclient.grpc.aio as aioclient
 
         super().__init__(url, retry, aioclient)
-        self.client = aioclient.InferenceServerClient(url=url)
+        self.client = self._connect()
 
     async def generate(self, prompt: str, *, width: int | None = None,
                        height: int | None = None, duration: float | None = None,
@@ -497,8 +606,6 @@ class AsyncT2VClient(_Base):
                               ) -> AsyncIterator["Progress | Video"]:
         """As T2VClient.generate_stream, as an async generator (`async for`). Leaving the
         loop early (break, aclose(), a cancelled task) cancels the request."""
-        import tritonclient.grpc.aio as aioclient
-
         inputs, outputs, rid = self._prepare(prompt, request_id, dict(
             width=width, height=height, duration=duration, num_frames=num_frames, fps=fps,
             steps=steps, guidance_scale=guidance_scale, seed=seed,
@@ -508,7 +615,7 @@ class AsyncT2VClient(_Base):
                        request_id=rid, priority=priority)
         for attempt in range(self.retry.attempts):
             left = None if deadline is None else max(deadline - time.monotonic(), 1e-3)
-            client = aioclient.InferenceServerClient(url=self.url)
+            client = self._connect()
             sent = asyncio.Event()
 
             async def one_request() -> AsyncIterator[dict[str, Any]]:
