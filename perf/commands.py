@@ -208,6 +208,9 @@ def _size(args) -> int:
     _check_mode_options(args)
     demand, slo = Demand(args.peak_per_hour, args.burstiness), Slo(args.p95_slo)
     if args.gpu and args.mode is None and args.forwards is None:
+        if args.emit_values:
+            raise ValueError("--emit-values needs one fleet: give --mode (or --forwards, or "
+                             "--result) rather than sizing every mode side by side")
         return _size_modes(args, demand, slo)
     estimate_md = ""
     if args.result:
@@ -247,6 +250,13 @@ def _size(args) -> int:
           f"{sizing.servers_by_simulation}")
     if sizing.disagreement:
         print(f"disagreement: {sizing.disagreement}")
+    if args.emit_values:
+        from t2vserve.perf.chart_values import chart_values, write_values
+        from t2vserve.profile import load_profile
+
+        values = chart_values(load_profile(args.profile), sizing, mode=args.autoscaling)
+        print(f"chart values: {write_values(values, args.emit_values)} (helm install -f it with "
+              f"deploy/helm/t2vserve)")
     if sizing.cost_per_hour is not None:
         print(f"cost: ${sizing.cost_per_hour:,.2f}/hour at peak, "
               f"${sizing.cost_per_1000_videos:,.2f} per 1000 videos")
@@ -329,4 +339,11 @@ def register(sub) -> None:
                         "busy (MFU; default 0.40); not the fleet's load, see --target-utilisation")
     z.add_argument("--out-dir", default="perf/results")
     z.add_argument("--out", help="report path (.md; .html, .json and plots next to it)")
+    z.add_argument("--emit-values", metavar="FILE",
+                   help="write deploy/helm/t2vserve values for the sized fleet (replicas, "
+                        "autoscaler min/max and queue-time target, /dev/shm, grace period)")
+    z.add_argument("--profile", default="profiles/h100-720p.yaml",
+                   help="--emit-values: the deployment profile the chart serves")
+    z.add_argument("--autoscaling", choices=("keda", "hpa", "none"), default="keda",
+                   help="--emit-values: the chart's autoscaling mode (default keda)")
     z.set_defaults(func=_size)
