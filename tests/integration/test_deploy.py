@@ -4,6 +4,7 @@ refuses a wrong type, the KEDA Redis trigger watches the list Dramatiq really fi
 `t2vserve size --emit-values` output renders into valid objects."""
 
 import importlib.util
+import re
 import shutil
 import subprocess
 import sys
@@ -148,23 +149,33 @@ def test_keda_redis_trigger_watches_dramatiqs_list(tmp_path):
         proc.wait(10)
 
 
-def test_chart_values_render_valid_objects_with_the_sized_counts(tmp_path):
+def test_size_emit_values_renders_valid_objects_with_the_sized_counts(tmp_path):
+    """`t2vserve size ... --emit-values` (issue 23, Show 5)."""
     for name in ("helm", "kubernetes-validate", "node"):
         _tool(name)
     check = _load_check()
+    out = tmp_path / "values-peak.yaml"
+    proc = subprocess.run(
+        [str(BIN / "t2vserve"), "size", "--gpu", "h100-sxm", "--mode", "base", "--peak-per-hour",
+         "200", "--p95-slo", "400", "--profile", "profiles/h100-480p.yaml", "--out",
+         str(tmp_path / "sizing.md"), "--emit-values", str(out)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    servers = int(re.search(r"^servers: (\d+) ", proc.stdout, re.M).group(1))
+    assert f"chart values: {out}" in proc.stdout
+    values = yaml.safe_load(out.read_text())
+    objects = _template("-f", str(out))
+    deployment = _one(objects, "Deployment")["spec"]
+    assert deployment.get("replicas") is None  # the autoscaler's
+    pod = deployment["template"]["spec"]
     profile = load_profile(ROOT / "profiles" / "h100-480p.yaml")
-    values = chart_values(profile, 7, min_replicas=2, queue_time_target_ms=45000)
-    path = write_values(values, tmp_path / "values-peak.yaml")
-    objects = _template("-f", str(path))
-    pod = _one(objects, "Deployment")["spec"]["template"]["spec"]
-    assert _one(objects, "Deployment")["spec"].get("replicas") is None  # the autoscaler's
     shm = next(v for v in pod["volumes"] if v["name"] == "shm")
     assert shm["emptyDir"]["sizeLimit"] == str(shm_requirement(profile)[0])
     assert pod["terminationGracePeriodSeconds"] >= profile.data["server"]["exit_timeout_s"]
     scaled = _one(objects, "ScaledObject")["spec"]
-    assert (scaled["minReplicaCount"], scaled["maxReplicaCount"]) == (2, 7)
+    assert (scaled["minReplicaCount"], scaled["maxReplicaCount"]) == (1, servers)
     queue_time = next(t for t in scaled["triggers"] if t["name"] == "queue-time-ms")
-    assert float(queue_time["metadata"]["threshold"]) == 45000
+    assert float(queue_time["metadata"]["threshold"]) == values["autoscaling"]["queueTimeTargetMs"] >= 1000
     assert 'namespace="t2v"' in queue_time["metadata"]["query"]
     checks = check.Checks()
     manifest = yaml.safe_dump_all(objects)
@@ -172,7 +183,7 @@ def test_chart_values_render_valid_objects_with_the_sized_counts(tmp_path):
         check.check_kubernetes(checks, _tool("kubernetes-validate"), manifest, version, "emitted")
     check.check_keda(checks, _tool("node"), [o for o in objects if o["kind"] == "ScaledObject"])
     assert checks.failed == 0
-    # without autoscaling the sized fleet is the replica count
+    # a count without autoscaling is the replica count
     fixed = write_values(chart_values(profile, 7, mode="none"), tmp_path / "fixed.yaml")
     assert _one(_template("-f", str(fixed)), "Deployment")["spec"]["replicas"] == 7
 
