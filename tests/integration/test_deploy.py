@@ -121,6 +121,19 @@ def test_a_wrong_type_or_a_short_grace_period_fails_the_render():
     assert "terminationGracePeriodSeconds 300 is shorter than" in proc.stderr
 
 
+def test_autoscaling_query_is_the_one_promtool_tests():
+    """deploy/prometheus/tests/autoscaling.yaml checks the queue-time query on series shaped
+    like a real scrape; the chart must render that expression, not a look-alike."""
+    tests = ROOT / "deploy" / "prometheus" / "tests" / "autoscaling.yaml"
+    if not tests.exists():
+        pytest.skip(f"{tests.relative_to(ROOT)} is not there")
+    tested = {case["expr"].strip() for group in yaml.safe_load(tests.read_text())["tests"]
+              for case in group.get("promql_expr_test", [])}
+    scaled = _one(_template("--set", "autoscaling.mode=keda"), "ScaledObject")
+    query = next(t for t in scaled["spec"]["triggers"] if t["name"] == "queue-time-ms")["metadata"]["query"]
+    assert query in tested, f"{query}\nnot among the tested expressions:\n" + "\n".join(sorted(tested))
+
+
 def test_keda_redis_trigger_watches_dramatiqs_list(tmp_path):
     """Enqueue through the broker the API uses; the lists the chart's triggers name fill."""
     if shutil.which("redis-server") is None and not Path("/usr/bin/redis-server").exists():

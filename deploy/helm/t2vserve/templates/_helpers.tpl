@@ -64,10 +64,12 @@ redis://{{ .host }}:{{ .port }}/{{ .db }}
 {{- end -}}
 
 {{/* Mean queue time per t2v request in ms, over the fleet in this namespace. Triton adds a
-request's queue time when it completes; the clamp only keeps an idle fleet at 0 (not NaN):
-video request rates are far below 1/s, so clamping at 1 would understate the time. */}}
+request's queue time when it completes. The clamp keeps an idle fleet at 0 (not NaN) and is
+below any rate with one request in the window: video request rates are far below 1/s, so a
+clamp at 1 would understate the time. deploy/prometheus/tests/autoscaling.yaml tests this
+expression on series shaped like a real scrape. */}}
 {{- define "t2vserve.queueTimeQuery" -}}
-sum(rate(nv_inference_queue_duration_us{model="t2v",namespace="{{ .Release.Namespace }}"}[{{ .Values.autoscaling.window }}])) / clamp_min(sum(rate(nv_inference_request_success{model="t2v",namespace="{{ .Release.Namespace }}"}[{{ .Values.autoscaling.window }}])), 1e-9) / 1000
+sum(rate(nv_inference_queue_duration_us{model="t2v",namespace="{{ .Release.Namespace }}"}[{{ .Values.autoscaling.window }}])) / clamp_min(sum(rate(nv_inference_request_success{model="t2v",namespace="{{ .Release.Namespace }}"}[{{ .Values.autoscaling.window }}])), 0.001) / 1000
 {{- end -}}
 
 {{- define "t2vserve.pendingQuery" -}}
