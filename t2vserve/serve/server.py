@@ -116,6 +116,9 @@ def command(cfg: ServerConfig) -> tuple[list[str], dict]:
         f"--exit-timeout-secs={cfg.exit_timeout_s}",
         f"--log-verbose={cfg.log_verbose}",
         "--allow-gpu-metrics=false", "--allow-cpu-metrics=true",
+        # per-model latency quantiles (nv_inference_request_summary_us{quantile=...}): the p95
+        # deploy/prometheus alerts on; counters alone give only means
+        "--metrics-config=summary_latencies=true",
         "--strict-readiness=true",
         # each Python stub talks to the server through its own /dev/shm region: start at
         # 16 MB and grow in 64 MB steps, so a full-size clip's frames fit in a few steps

@@ -63,17 +63,17 @@ redis://{{ .host }}:{{ .port }}/{{ .db }}
 {{- end }}
 {{- end -}}
 
-{{/* Mean queue time per t2v request in ms, over the fleet in this namespace. Triton adds a
+{{/* Mean queue time per t2v or t2v_stream (the jobs workers') request in ms, over the fleet in this namespace. Triton adds a
 request's queue time when it completes. The clamp keeps an idle fleet at 0 (not NaN) and is
 below any rate with one request in the window: video request rates are far below 1/s, so a
 clamp at 1 would understate the time. deploy/prometheus/tests/autoscaling.yaml tests this
 expression on series shaped like a real scrape. */}}
 {{- define "t2vserve.queueTimeQuery" -}}
-sum(rate(nv_inference_queue_duration_us{model="t2v",namespace="{{ .Release.Namespace }}"}[{{ .Values.autoscaling.window }}])) / clamp_min(sum(rate(nv_inference_request_success{model="t2v",namespace="{{ .Release.Namespace }}"}[{{ .Values.autoscaling.window }}])), 0.001) / 1000
+sum(rate(nv_inference_queue_duration_us{model=~"t2v|t2v_stream",namespace="{{ .Release.Namespace }}"}[{{ .Values.autoscaling.window }}])) / clamp_min(sum(rate(nv_inference_request_success{model=~"t2v|t2v_stream",namespace="{{ .Release.Namespace }}"}[{{ .Values.autoscaling.window }}])), 0.001) / 1000
 {{- end -}}
 
 {{- define "t2vserve.pendingQuery" -}}
-sum(nv_inference_pending_request_count{model="t2v",namespace="{{ .Release.Namespace }}"})
+sum(nv_inference_pending_request_count{model=~"t2v|t2v_stream",namespace="{{ .Release.Namespace }}"})
 {{- end -}}
 
 {{- define "t2vserve.checkRange" -}}
