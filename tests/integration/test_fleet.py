@@ -2,8 +2,9 @@
 Envoy (deploy/envoy/envoy.yaml) in front of the same two. Both servers take requests, and a
 server SIGKILLed mid-run loses none: the client's retry, or Envoy's, runs it on the other.
 
-The two servers are started once for the module (about a minute of CPU each); the kill
-comes last, in one run of both paths at once, so no server is started twice."""
+The two servers are started once for the module, side by side (~45 s on 2 cores, most of
+the module's time); the kill comes last, in one run of both paths at once, so no server is
+started twice."""
 
 import asyncio
 import os
@@ -187,8 +188,10 @@ def test_one_client_spreads_requests_over_both_servers(fleet):
 def test_a_server_killed_mid_run_loses_no_request(fleet, envoy):
     """The direct client and Envoy at once, one kill: SIGKILL server b (supervisor,
     tritonserver and stubs) once each path has finished a quarter of its requests. The
-    direct client keeps its own retries; the one behind Envoy has none, so every request
-    that survives does so by Envoy's retry rule."""
+    direct client has gRPC's retry on UNAVAILABLE and its own RetryPolicy; the one behind
+    Envoy has neither, so every request that survives there does so by Envoy's retry rule.
+    (Measured with no retries anywhere: 2 direct and 19 proxied requests lost; with gRPC's
+    retry off, the client's own retry alone lost none.)"""
     survivor, victim = fleet
     before = {"survivor": successes(survivor), "victim": successes(victim)}
     done = {"client": 0, "envoy": 0}
