@@ -72,10 +72,10 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 # The reliability cases, the 10-minute soak included, then RELIABILITY.md from their figures;
-# and the jobs service's 200-job burst.
+# then the other tests marked soak (the jobs service's 200-job burst, a whole export with a LoRA).
 soak: $(STAMP)
 	T2VSERVE_RELIABILITY_OUT=build/reliability $(PY) -m pytest -q -p no:logging tests/reliability
-	$(PY) -m pytest -q -p no:logging -m soak tests/integration/test_jobs_burst.py
+	$(PY) -m pytest -q -p no:logging -m soak tests/integration tests/unit
 	$(PY) -m t2vserve.perf.reliability_report build/reliability RELIABILITY.md
 
 PROFILE ?= profiles/cpu-tiny.yaml
