@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from t2vserve.client.compliance import check_prompt
 from t2vserve.client.core import T2VClient, T2VError
 from t2vserve.client.listing import ListingError, listing_to_prompt
 
@@ -90,9 +91,10 @@ def read_manifest(path: Path) -> dict[str, dict]:
 
 def resolve_prompt(item: dict) -> tuple[str, list[str]]:
     """The line's own `prompt` when it has the key (never a silent fallback when it is
-    blank), else one made from the listing fields; and the listing's warnings."""
+    blank), else one made from the listing fields; and the listing's warnings. Not yet
+    checked for compliance (plan_batch checks both kinds alike)."""
     if "prompt" not in item:
-        made = listing_to_prompt(item)
+        made = listing_to_prompt(item, check=False)
         return made.prompt, list(made.warnings)
     prompt = item["prompt"]
     if prompt is None:
@@ -171,11 +173,13 @@ class Job:
     error: str | None = None           # set: recorded failed, nothing sent
     duplicate_of: int | None = None    # the line where this SKU first appeared
     done: bool = False                 # its clip is already there, as recorded
+    compliance: dict | None = None     # the prompt's compliance check (Check.to_dict())
 
     def record(self) -> dict:
         entry = {"sku": self.sku, "line": self.line, "prompt": self.prompt, "seed": self.seed,
                  "path": None, "bytes": None, "sha256": None, "qc": None, "latency_s": None,
-                 "status": "failed", "error": self.error, "warnings": list(self.warnings)}
+                 "status": "failed", "error": self.error, "warnings": list(self.warnings),
+                 "compliance": self.compliance}
         if self.duplicate_of is not None:
             entry["duplicate_of"] = self.duplicate_of
         return entry
@@ -206,6 +210,9 @@ def plan_batch(rows: list[tuple[int, dict | None, str | None]], previous: dict[s
             continue
         try:
             job.prompt, job.warnings = resolve_prompt(item)
+            check = check_prompt(job.prompt)  # a block fails this line only, naming the rule
+            job.compliance = check.to_dict()
+            job.prompt = check.raise_if_blocked().prompt
             try:
                 job.seed = int(item["seed"]) if "seed" in item else sku_seed(sku)
             except (TypeError, ValueError):

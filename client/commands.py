@@ -25,6 +25,7 @@ def _url(text: str) -> str:
 
 
 def _generate(args) -> int:
+    from t2vserve.client.compliance import ComplianceBlocked, RuleFileError, check_prompt
     from t2vserve.client.core import T2VClient
     from t2vserve.client.listing import listing_to_prompt
 
@@ -34,14 +35,26 @@ def _generate(args) -> int:
     seed = args.seed
     if args.product:
         listing = json.loads(Path(args.product).read_text(encoding="utf-8"))
-        result = listing_to_prompt(listing)
+        try:
+            result = listing_to_prompt(listing)  # checked for compliance (warnings name hits)
+        except (ComplianceBlocked, RuleFileError) as exc:
+            print(f"t2vserve generate: {exc}", file=sys.stderr)
+            return 2
         prompt = result.prompt
         for warning in result.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         seed = seed if seed is not None else listing.get("seed")
         print(f"prompt ({result.language}, {result.category}): {prompt}")
     else:
-        prompt = args.prompt
+        try:  # a free prompt is checked as a listing's is
+            check = check_prompt(args.prompt).raise_if_blocked()
+        except (ComplianceBlocked, RuleFileError) as exc:
+            print(f"t2vserve generate: {exc}", file=sys.stderr)
+            return 2
+        if check.hits:
+            print(f"compliance: {check.action} {json.dumps(check.to_dict(), ensure_ascii=False)}",
+                  file=sys.stderr)
+        prompt = check.prompt
     kwargs = dict(width=args.width, height=args.height, fps=args.fps, steps=args.steps,
                   guidance_scale=args.guidance_scale, seed=seed,
                   negative_prompt=args.negative_prompt, model_variant=args.variant)
@@ -96,9 +109,14 @@ def _batch_jobs(args) -> int:
 
 
 def _gateway(args) -> int:
+    from t2vserve.client.compliance import RuleFileError
     from t2vserve.client.gateway import serve
 
-    serve(args.url, args.host, args.port)
+    try:
+        serve(args.url, args.host, args.port)
+    except RuleFileError as exc:  # $T2V_RULES / $T2V_BRANDS, loaded before the port opens
+        print(f"t2vserve gateway: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -90,15 +90,21 @@ class Check:
     def to_dict(self) -> dict:
         out: dict = {"action": self.action, "rules": sorted({h.rule for h in self.hits}),
                      "hits": [h.to_dict() for h in self.hits]}
+        if self.action in ("rewrite", "block"):  # the text the spans index
+            out["original"] = self.original
         if self.action == "rewrite":
-            out["original"], out["prompt"] = self.original, self.prompt
+            out["prompt"] = self.prompt
         return out
 
     def header(self) -> str:
-        """One line of ASCII JSON (an HTTP header): action and hits, without the texts."""
-        return json.dumps({"action": self.action, "hits": [
+        """One line of ASCII JSON (an HTTP header): action, hits (rule, severity, span in the
+        prompt as sent) and, for a rewrite, the prompt generated."""
+        out: dict = {"action": self.action, "hits": [
             {"rule": h.rule, "severity": h.severity, "span": [h.start, h.end]}
-            for h in self.hits]}, separators=(",", ":"))
+            for h in self.hits]}
+        if self.action == "rewrite":
+            out["prompt"] = self.prompt
+        return json.dumps(out, separators=(",", ":"))
 
     def raise_if_blocked(self) -> Check:
         if self.action == "block":

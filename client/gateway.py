@@ -2,12 +2,14 @@
 
 POST /t2v/generate  application/json {prompt, negative_prompt, width, height,
                     num_frames | duration + fps, fps, steps, guidance_scale, seed, timeout}
-  200 video/mp4 (QC and stage timings in X-T2V-QC / X-T2V-Info headers)
+  200 video/mp4 (QC and stage timings in X-T2V-QC / X-T2V-Info headers; the prompt's
+      compliance check in X-T2V-Compliance: action, rule ids, spans, the rewrite if any)
   400 bad input. The gateway checks what it knows without the server: JSON types, the wire
       ranges (INT32 fields positive, seed INT64, floats finite and within float32), duration
       and timeout > 0, duration only with fps and never with num_frames. The server checks
       the profile's ranges and its message is passed on ("width must be a multiple of 32
       in [64, 832], got 100").
+  400 compliance_blocked: a `block` rule matched the prompt (the message names rule and span)
   405 not POST, 413 body over 64 KiB, 415 not JSON
   503 server busy/unavailable, 504 deadline passed, 499 cancelled, 502 anything else upstream
 GET /healthz  200 when Triton is ready.
@@ -24,6 +26,7 @@ import uuid
 import numpy as np
 from aiohttp import web
 
+from t2vserve.client.compliance import Check, ComplianceBlocked, check_prompt, default_rules
 from t2vserve.client.core import INT32, INT32_INPUTS, INT64, AsyncT2VClient, T2VError, frames_for
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,15 @@ class GatewayError(Exception):
 
 def _bad(code: str, message: str, param: str | None = None) -> GatewayError:
     return GatewayError(400, code, message, param)
+
+
+def comply(prompt: str, param: str = "prompt") -> Check:
+    """The prompt's compliance check; a block is a 400 naming the rule and the span."""
+    check = check_prompt(prompt)
+    if check.action == "block":
+        raise GatewayError(400, "compliance_blocked", str(ComplianceBlocked(check)), param,
+                           headers={"X-T2V-Compliance": check.header()})
+    return check
 
 
 def _show(value) -> str:
@@ -185,6 +197,8 @@ def install(app: web.Application, url: str, *, default_timeout: float | None = 6
     """POST /t2v/generate (and GET /healthz) on `app`, with its gRPC client to `url`; the
     jobs service (t2vserve.jobs.api) mounts the same route."""
 
+    default_rules()  # a broken rule file stops the start, naming file and line
+
     async def startup(app):
         app[CLIENT] = AsyncT2VClient(url)
 
@@ -202,6 +216,8 @@ def install(app: web.Application, url: str, *, default_timeout: float | None = 6
             raise _bad("invalid_json", f"the body is not valid JSON: {exc}")
         params = parse_body(body)
         prompt, timeout = params.pop("prompt"), params.pop("timeout", default_timeout)
+        check = comply(prompt)
+        prompt = check.prompt
         try:
             video = await app[CLIENT].generate(prompt, timeout=timeout, **params)
         except T2VError as exc:  # first: the client's InvalidRequest is a ValueError too
@@ -213,6 +229,7 @@ def install(app: web.Application, url: str, *, default_timeout: float | None = 6
         headers = {"X-T2V-QC": json.dumps(video.qc),
                    "X-T2V-Info": json.dumps({k: video.info.get(k) for k in
                                              ("model", "stages_ms", "cache_hit")})}
+        headers["X-T2V-Compliance"] = check.header()
         return web.Response(body=video.mp4, content_type="video/mp4", headers=headers)
 
     async def health(request: web.Request) -> web.Response:

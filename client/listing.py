@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from t2vserve.client.compliance import Check, check_prompt
+
 LANGUAGES = ("zh", "en")
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 SLOTS = frozenset({"name", "color", "material", "features", "scene", "camera", "light"})
@@ -34,6 +36,7 @@ class ListingPrompt:
     language: str  # "zh" | "en"
     category: str
     warnings: tuple[str, ...] = ()
+    compliance: Check | None = None  # the check of the prompt (`prompt` is its rewrite)
 
 
 @lru_cache(maxsize=None)
@@ -178,8 +181,10 @@ def _tidy(prompt: str, language: str) -> str:
 
 
 def listing_to_prompt(listing: dict, *, language: str | None = None,
-                      scene: str | None = None) -> ListingPrompt:
-    """Fill the listing's category template; `scene` is used when the listing has none."""
+                      scene: str | None = None, check: bool = True) -> ListingPrompt:
+    """Fill the listing's category template; `scene` is used when the listing has none.
+    With `check`, the prompt passes the compliance filter: a block raises
+    ComplianceBlocked (naming rule and span), a rewrite replaces the prompt."""
     if not isinstance(listing, dict):
         raise ListingError(f"listing must be a dict, got {type(listing).__name__}")
     name = _text_field(listing, "name")
@@ -230,5 +235,10 @@ def listing_to_prompt(listing: dict, *, language: str | None = None,
             if all(values.get(slot) for slot in _slots(alternative)):
                 clauses.append(_fill(alternative, values))
                 break
-    prompt = templates["clause_separator"].join(clauses) + templates["end"]
-    return ListingPrompt(_tidy(prompt, language), language, category, tuple(warnings))
+    prompt = _tidy(templates["clause_separator"].join(clauses) + templates["end"], language)
+    if not check:
+        return ListingPrompt(prompt, language, category, tuple(warnings))
+    result = check_prompt(prompt).raise_if_blocked()
+    warnings += [f'compliance: rule {h.rule} ({h.category}) "{h.text}" at {h.start}-{h.end}: '
+                 f"{h.severity}" for h in result.hits]
+    return ListingPrompt(result.prompt, language, category, tuple(warnings), result)

@@ -1,7 +1,8 @@
 """`t2vserve bench gpu`: the networks' latency and MFU on this machine (see perf/bench_gpu.py).
 `t2vserve bench encoder`: x264 held to AVX2 against its own detection (perf/bench_encoder.py).
 `t2vserve bench sampling`: quality against cost of the sampling modes, served (perf/sampling_table.py).
-`t2vserve bench jobs`: a burst of async jobs through Redis and the workers (perf/jobs_burst.py)."""
+`t2vserve bench jobs`: a burst of async jobs through Redis and the workers (perf/jobs_burst.py).
+`t2vserve bench compliance`: the compliance filter's time per listing (perf/bench_compliance.py)."""
 
 
 def _parse_shapes(values: list[str]) -> list[tuple[int, int, int]]:
@@ -126,6 +127,18 @@ def _bench_jobs(args) -> int:
     return 0 if result["completed"] == args.jobs and result["duplicates"]["ok"] else 1
 
 
+def _bench_compliance(args) -> int:
+    from t2vserve.perf.bench_compliance import markdown, run_bench, write_bench
+
+    if args.rounds < 1:
+        raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
+    result = run_bench(rounds=args.rounds)
+    path = write_bench(result, args.out_dir)
+    print(markdown(result))
+    print(f"wrote {path} (+ .md)")
+    return 0 if result["within_budget"] else 1
+
+
 def register(sub) -> None:
     p = sub.add_parser("bench", help="micro-benchmarks of the networks on this machine")
     bench = p.add_subparsers(dest="bench_command", required=True)
@@ -206,3 +219,10 @@ def register(sub) -> None:
     j.add_argument("--note", help="a line for the result (e.g. what else ran on the machine)")
     j.add_argument("--out-dir", default="perf/results")
     j.set_defaults(func=_bench_jobs)
+
+    c = bench.add_parser("compliance", help="the compliance filter's time per listing (budget "
+                                            "1 ms; exit 1 past it); writes "
+                                            "<out-dir>/compliance-<date>-<host>.json and .md")
+    c.add_argument("--rounds", type=int, default=50, help="times each listing is checked (50)")
+    c.add_argument("--out-dir", default="perf/results")
+    c.set_defaults(func=_bench_compliance)

@@ -104,11 +104,15 @@ def parse_job(body: Any, *, webhooks_enabled: bool, allow_private: bool) -> tupl
         if len(json.dumps(listing, ensure_ascii=False).encode()) > MAX_LISTING_BYTES:
             raise _bad("invalid_value", f"listing is over {MAX_LISTING_BYTES} bytes", "listing")
         try:
-            made = listing_to_prompt(listing)
+            made = listing_to_prompt(listing, check=False)  # checked below, as a prompt is
         except (ListingError, ValueError, TypeError) as exc:
             raise _bad("invalid_listing", f"listing: {exc}", "listing")
         request["prompt"], request["listing"] = made.prompt, listing
         request["prompt_warnings"] = list(made.warnings)
+    # the compliance check: a block is a 400 naming rule and span; the result (a rewrite
+    # with its original) is kept in the job's request
+    check = gateway.comply(request["prompt"], "listing" if "listing" in body else "prompt")
+    request["prompt"], request["compliance"] = check.prompt, check.to_dict()
     if "size" in body:
         size = body["size"]
         if not isinstance(size, str):

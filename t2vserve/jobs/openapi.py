@@ -65,7 +65,10 @@ def document() -> dict[str, Any]:
             "progress": {"type": "object", "nullable": True, "properties": {
                 "step": {"type": "integer"}, "steps": {"type": "integer"},
                 "percent": {"type": "number"}}},
-            "request": {"type": "object"}, "served": {"type": "object", "nullable": True},
+            "request": {"type": "object", "description": "the request as stored; its "
+                        "compliance is the prompt's check (action, rules, hits with spans, "
+                        "and the original prompt when it was rewritten)"},
+            "served": {"type": "object", "nullable": True},
             "qc": {"type": "object", "nullable": True},
             "error": {"type": "object", "nullable": True, "properties": {
                 "code": {"type": "string"}, "message": {"type": "string"}}},
@@ -109,7 +112,8 @@ def document() -> dict[str, Any]:
                                 "content": {"application/json": {
                                     "schema": {"$ref": "#/components/schemas/Video"}}}},
                         "400": _error("bad input (the message names the field and what is "
-                                      "allowed)"),
+                                      "allowed), or compliance_blocked: the message names "
+                                      "the rule and the span"),
                         "401": _error("no API key, or not a valid one"),
                         "409": _error("the Idempotency-Key was used for another request"),
                         "413": _error("body too large"), "415": _error("not JSON"),

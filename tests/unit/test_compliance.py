@@ -210,3 +210,31 @@ def test_the_client_check_needs_no_torch():
             "from t2vserve.client.listing import listing_to_prompt; "
             "assert check_prompt('最佳').action == 'rewrite'; assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_listing_prompts_are_checked_and_the_templates_trip_no_rule():
+    from t2vserve.client.listing import LANGUAGES, listing_to_prompt, load_templates
+
+    for language in LANGUAGES:  # the words we add ourselves must never be a claim
+        for name, spec in load_templates(language)["categories"].items():
+            texts = [spec["scene"], spec["camera"], spec["light"], *(
+                t for c in spec["template"] for t in ([c] if isinstance(c, str) else c))]
+            for text in texts:
+                assert check_prompt(text).hits == (), (language, name, text)
+    made = listing_to_prompt({"name": "顶级保温杯", "color": "黑色"})
+    assert made.compliance.action == "rewrite" and "顶级" not in made.prompt
+    assert made.compliance.original.count("顶级") == 1 and "高品质保温杯" in made.prompt
+    assert any("zh.absolute.top" in w for w in made.warnings)
+    with pytest.raises(ComplianceBlocked, match="rule brand.dyson"):
+        listing_to_prompt({"name": "Dyson hair dryer"})
+    assert listing_to_prompt({"name": "Dyson hair dryer"}, check=False).compliance is None
+
+
+def test_bench_runs_and_reports_every_action(tmp_path):
+    from t2vserve.perf.bench_compliance import run_bench, write_bench
+
+    result = run_bench(rounds=1)
+    assert result["listings"] == 105 and set(result["actions"]) == {"pass", "rewrite", "block"}
+    assert result["check"]["calls"] == 105 and result["check"]["median_ms"] > 0
+    path = write_bench(result, tmp_path)
+    assert "| check_prompt (the filter) |" in path.with_suffix(".md").read_text()
