@@ -19,12 +19,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from t2vserve.client.compliance import check_prompt
 from t2vserve.client.core import T2VClient, T2VError
+from t2vserve.client.experiment import ExperimentError, assign, split_text
 from t2vserve.client.listing import ListingError, listing_to_prompt
 
 GENERATION_FIELDS = ("width", "height", "duration", "num_frames", "fps", "steps",
@@ -85,8 +86,13 @@ def read_manifest(path: Path) -> dict[str, dict]:
             except ValueError:
                 continue  # a line torn by a run killed mid-append: that attempt is lost
             if isinstance(record, dict) and "sku" in record and "duplicate_of" not in record:
-                state[record["sku"]] = record
+                state[state_key(record["sku"], record.get("variant"))] = record
     return state
+
+
+def state_key(sku: str, variant: str | None = None):
+    """What a manifest record is the state of: the SKU, or (SKU, variant) in an experiment."""
+    return sku if variant is None else (sku, variant)
 
 
 def resolve_prompt(item: dict) -> tuple[str, list[str]]:
@@ -129,12 +135,12 @@ def clip_is_done(out_dir: Path, record: dict | None) -> bool:
     return sha256_file(path) == record.get("sha256")
 
 
-def assign_names(skus: list[str],
-                 previous: dict[str, dict]) -> dict[str, tuple[str | None, str | None]]:
-    """(file name or None, why it is not `<sku>.mp4`) per SKU. A name is never one another
-    SKU holds in this catalog or in the manifest, compared case-insensitively (macOS and
-    Windows disks). A SKU keeps the name its last record gave it; otherwise its own name
-    when that is a safe file name and free, else that name with a hash of the SKU."""
+def assign_names(skus: list, previous: dict) -> dict:
+    """(file name or None, why it is not `<sku>.mp4`) per SKU (or per (SKU, variant):
+    `<sku>.<variant>.mp4`). A name is never one another SKU holds in this catalog or in the
+    manifest, compared case-insensitively (macOS and Windows disks). A SKU keeps the name its
+    last record gave it; otherwise its own name when that is a safe file name and free, else
+    that name with a hash of the SKU."""
     holders = Counter(r["path"].casefold() for r in previous.values() if r.get("path"))
     taken = {r["path"].casefold(): sku for sku, r in previous.items()
              if r.get("path") and holders[r["path"].casefold()] == 1}
@@ -144,15 +150,16 @@ def assign_names(skus: list[str],
         if old and taken.get(old.casefold()) == sku:
             names[sku] = (old, None)
             continue
-        base = safe_name(sku)[:MAX_NAME]
-        plain = f"{base}.mp4"
-        hashed = f"{base}-{hashlib.sha256(sku.encode('utf-8')).hexdigest()[:8]}.mp4"
-        if base == sku and plain.casefold() not in taken:
+        own, variant = (sku, None) if isinstance(sku, str) else sku
+        base = safe_name(own)[:MAX_NAME]
+        plain = f"{base}.mp4" if variant is None else f"{base}.{variant}.mp4"
+        hashed = f"{base}-{hashlib.sha256(own.encode('utf-8')).hexdigest()[:8]}" + plain[len(base):]
+        if base == own and plain.casefold() not in taken:
             choice, why = plain, None
         elif hashed.casefold() not in taken:
             choice = hashed
             why = (f"file name {hashed}: " + (f"{plain} is taken by sku {taken[plain.casefold()]!r}"
-                   if base == sku else f"sku {sku!r} is not a safe file name"))
+                   if base == own else f"sku {own!r} is not a safe file name"))
         else:
             names[sku] = (None, f"file names {plain} and {hashed} are both taken by other SKUs")
             continue
@@ -174,21 +181,74 @@ class Job:
     duplicate_of: int | None = None    # the line where this SKU first appeared
     done: bool = False                 # its clip is already there, as recorded
     compliance: dict | None = None     # the prompt's compliance check (Check.to_dict())
+    variant: str | None = None         # the model variant an experiment gave it
+    experiment: dict | None = None     # {"experiment": name, "split": "a=0.5,b=0.5" or "all"}
+
+    @property
+    def key(self):
+        return state_key(self.sku, self.variant)
 
     def record(self) -> dict:
         entry = {"sku": self.sku, "line": self.line, "prompt": self.prompt, "seed": self.seed,
                  "path": None, "bytes": None, "sha256": None, "qc": None, "latency_s": None,
                  "status": "failed", "error": self.error, "warnings": list(self.warnings),
                  "compliance": self.compliance}
+        if self.variant is not None:
+            entry.update(variant=self.variant, **(self.experiment or {}))
         if self.duplicate_of is not None:
             entry["duplicate_of"] = self.duplicate_of
         return entry
 
 
-def plan_batch(rows: list[tuple[int, dict | None, str | None]], previous: dict[str, dict],
-               out_dir: Path) -> list[Job]:
-    """One job per catalog line: done (skip), failed before any request (parse error,
-    duplicate SKU, bad prompt or seed), or to generate under a file name of its own."""
+@dataclass(frozen=True)
+class Arms:
+    """The model variants an experiment renders per SKU: the one a hash of the experiment's
+    name and the SKU picks under `split`, or, without a split, every one of `variants`."""
+    experiment: str
+    variants: tuple[str, ...]
+    split: dict[str, float] | None = None
+
+    @property
+    def meta(self) -> dict:
+        return {"experiment": self.experiment,
+                "split": split_text(self.split) if self.split else "all"}
+
+    def of(self, sku: str) -> list[str]:
+        return [assign(self.experiment, sku, self.split)] if self.split else list(self.variants)
+
+    def check_manifest(self, previous: dict, path: Path) -> None:
+        """A rerun must keep the assignment: refuse a manifest of another experiment or split."""
+        for record in previous.values():
+            if record.get("variant") is None:
+                continue
+            theirs = {k: record.get(k) for k in ("experiment", "split")}
+            if theirs != self.meta:
+                raise ExperimentError(
+                    f"{path} holds experiment {theirs['experiment']!r} (split "
+                    f"{theirs['split']}); this run is {self.meta['experiment']!r} (split "
+                    f"{self.meta['split']}): rerun with the same --experiment and --variants "
+                    "(or --all-variants), or use another --out-dir")
+
+    def expand(self, jobs: list[Job], previous: dict, out_dir: Path) -> list[Job]:
+        """Each line's job once per variant it gets (a duplicate line's stays one)."""
+        out = []
+        for job in jobs:
+            if job.duplicate_of is not None:
+                out.append(job)
+                continue
+            for v in self.of(job.sku):
+                arm = replace(job, variant=v, experiment=self.meta, warnings=list(job.warnings),
+                              params={**job.params, "model_variant": v})
+                arm.done = job.error is None and clip_is_done(out_dir, previous.get(arm.key))
+                out.append(arm)
+        return out
+
+
+def plan_batch(rows: list[tuple[int, dict | None, str | None]], previous: dict,
+               out_dir: Path, arms: Arms | None = None) -> list[Job]:
+    """One job per catalog line (per line and variant with `arms`): done (skip), failed
+    before any request (parse error, duplicate SKU, bad prompt or seed), or to generate
+    under a file name of its own."""
     jobs: list[Job] = []
     first_line: dict[str, int] = {}
     for n, item, error in rows:
@@ -205,7 +265,7 @@ def plan_batch(rows: list[tuple[int, dict | None, str | None]], previous: dict[s
         first_line[sku] = n
         job = Job(n, sku, params={k: item[k] for k in GENERATION_FIELDS if k in item})
         jobs.append(job)
-        if clip_is_done(out_dir, previous.get(sku)):
+        if arms is None and clip_is_done(out_dir, previous.get(sku)):
             job.done = True
             continue
         try:
@@ -219,10 +279,12 @@ def plan_batch(rows: list[tuple[int, dict | None, str | None]], previous: dict[s
                 raise ValueError(f"seed must be an integer, got {item['seed']!r}") from None
         except (ListingError, ValueError) as exc:
             job.error = f"line {n} (sku {sku}): {exc}"
+    if arms is not None:
+        jobs = arms.expand(jobs, previous, out_dir)
     to_make = [j for j in jobs if not j.done and j.error is None]
-    names = assign_names([j.sku for j in to_make], previous)
+    names = assign_names([j.key for j in to_make], previous)
     for job in to_make:
-        job.path, why = names[job.sku]
+        job.path, why = names[job.key]
         if job.path is None:
             job.error = f"line {job.line} (sku {job.sku}): {why}"
         elif why:
@@ -317,12 +379,16 @@ class Progress:
 
 def run_batch(catalog: Path, out_dir: Path, *, url: str, concurrency: int = 4,
               timeout: float | None = None, qc: QcPolicy = QcPolicy(), stream=sys.stderr,
-              client_factory: Callable[[str], T2VClient] = T2VClient) -> dict:
+              client_factory: Callable[[str], T2VClient] = T2VClient,
+              arms: Arms | None = None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / "manifest.jsonl"
     _end_torn_line(manifest_path)
     remove_stale_temps(out_dir)
-    jobs = plan_batch(read_catalog(catalog), read_manifest(manifest_path), out_dir)
+    previous = read_manifest(manifest_path)
+    if arms is not None:
+        arms.check_manifest(previous, manifest_path)
+    jobs = plan_batch(read_catalog(catalog), previous, out_dir, arms)
     lock = threading.Lock()
 
     def record(entry: dict) -> None:
@@ -343,7 +409,8 @@ def run_batch(catalog: Path, out_dir: Path, *, url: str, concurrency: int = 4,
             reasons = qc.review_reasons(video.qc)
             entry.update(path=job.path, bytes=len(video.mp4),
                          sha256=hashlib.sha256(video.mp4).hexdigest(), qc=video.qc, error=None,
-                         status="review" if reasons else "ok", review=reasons)
+                         status="review" if reasons else "ok", review=reasons,
+                         model=video.model, served_variant=video.info.get("variant"))
         except (T2VError, ValueError, TypeError) as exc:
             entry["error"] = f"line {job.line} (sku {job.sku}): {exc}"
         entry["latency_s"] = round(time.monotonic() - t0, 3)

@@ -1,4 +1,4 @@
-"""Client-side commands of the `t2vserve` CLI: generate, batch, gateway."""
+"""Client-side commands of the `t2vserve` CLI: generate, batch, experiment, gateway."""
 
 import json
 import os
@@ -78,14 +78,60 @@ def _generate(args) -> int:
 
 def _batch(args) -> int:
     from t2vserve.client.batch import run_batch
+    from t2vserve.client.core import T2VError
 
     if args.jobs:
+        if args.variants or args.all_variants:
+            print("t2vserve batch: --variants and --all-variants go over gRPC, not with --jobs",
+                  file=sys.stderr)
+            return 2
         return _batch_jobs(args)
-    summary = run_batch(Path(args.catalog), Path(args.out_dir), url=args.url,
-                        concurrency=args.concurrency, timeout=args.timeout)
+    try:
+        arms = _arms(args)
+        summary = run_batch(Path(args.catalog), Path(args.out_dir), url=args.url,
+                            concurrency=args.concurrency, timeout=args.timeout, arms=arms)
+    except (ValueError, T2VError) as exc:  # a split, another experiment's manifest, no server
+        print(f"t2vserve batch: {exc}", file=sys.stderr)
+        return 2
     print(f"{summary['ok']} ok, {summary['review']} for review, {summary['failed']} failed, "
           f"{summary['skipped']} already done; manifest: {summary['manifest']}")
     return 0 if summary["failed"] == 0 else 1
+
+
+def _arms(args):
+    """The experiment of --variants / --all-variants, its variants checked against what the
+    server serves (before any clip is made); None without either."""
+    from t2vserve.client.batch import Arms
+    from t2vserve.client.core import T2VClient
+    from t2vserve.client.experiment import parse_split
+
+    if args.variants and args.all_variants:
+        raise ValueError("give --variants or --all-variants, not both")
+    if not (args.variants or args.all_variants):
+        if args.experiment:
+            raise ValueError("--experiment needs --variants or --all-variants")
+        return None
+    split = parse_split(args.variants) if args.variants else None
+    with T2VClient(args.url) as client:
+        served = list(client.server_info()["model_ids"])
+    unknown = [v for v in (split or ()) if v not in served]
+    if unknown:
+        raise ValueError(f"--variants names {', '.join(unknown)}; the server serves "
+                         f"{', '.join(served)}")
+    name = args.experiment or Path(args.catalog).stem
+    return Arms(name, tuple(split or served), split)
+
+
+def _experiment_report(args) -> int:
+    from t2vserve.client.experiment import ExperimentError, format_report, report
+
+    try:
+        r = report(Path(args.manifest), Path(args.outcomes) if args.outcomes else None)
+    except (ExperimentError, OSError) as exc:
+        print(f"t2vserve experiment report: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(r, ensure_ascii=False, indent=1) if args.json else format_report(r))
+    return 0
 
 
 def _batch_jobs(args) -> int:
@@ -155,7 +201,24 @@ def register(sub) -> None:
     p.add_argument("--api-key", help="with --jobs: the API key (default: $T2V_API_KEY)")
     p.add_argument("--in-flight", type=int, default=64,
                    help="with --jobs: jobs submitted and not finished at once (64)")
+    p.add_argument("--variants", metavar="A=W,B=W", help="an A/B test: each SKU gets one of "
+                   "these model variants, picked by a hash of the SKU and --experiment in "
+                   "proportion to the weights (a rerun keeps it), e.g. base=0.5,cached=0.5")
+    p.add_argument("--all-variants", action="store_true",
+                   help="every variant the server serves, per SKU (<sku>.<variant>.mp4)")
+    p.add_argument("--experiment", help="the experiment's name, part of the assignment's hash "
+                   "(default: the catalog's file name without its suffix)")
     p.set_defaults(func=_batch)
+
+    p = sub.add_parser("experiment", help="A/B experiments over model variants")
+    esub = p.add_subparsers(dest="experiment_command", required=True)
+    p = esub.add_parser("report", help="per variant: clips, failures, QC review, latency; with "
+                        "--outcomes, conversion rates, Wilson intervals and a two-proportion test")
+    p.add_argument("manifest", help="a batch's manifest.jsonl")
+    p.add_argument("--outcomes", help="CSV with columns sku, impressions, conversions "
+                   "[, variant]")
+    p.add_argument("--json", action="store_true", help="the report as JSON")
+    p.set_defaults(func=_experiment_report)
 
     p = sub.add_parser("gateway", help="HTTP shim: POST /t2v/generate JSON -> video/mp4")
     p.add_argument("--url", type=_url, default=DEFAULT_URL, help=URL_HELP)

@@ -1,7 +1,8 @@
 """HTTP shim for platforms that integrate over plain HTTP (`t2vserve gateway`).
 
 POST /t2v/generate  application/json {prompt, negative_prompt, width, height,
-                    num_frames | duration + fps, fps, steps, guidance_scale, seed, timeout}
+                    num_frames | duration + fps, fps, steps, guidance_scale, seed,
+                    model_variant, timeout}
   200 video/mp4 (QC and stage timings in X-T2V-QC / X-T2V-Info headers; the prompt's
       compliance check in X-T2V-Compliance: action, rule ids, spans, the rewrite if any)
   400 bad input. The gateway checks what it knows without the server: JSON types, the wire
@@ -36,7 +37,7 @@ INT32_MAX = INT32[1]
 INT64_MIN, INT64_MAX = INT64  # the client's wire ranges, one definition
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 MAX_TIMEOUT_S = 24 * 3600.0
-TEXT_FIELDS = ("prompt", "negative_prompt")
+TEXT_FIELDS = ("prompt", "negative_prompt", "model_variant")
 FIELDS = (*TEXT_FIELDS, *INT32_INPUTS, "seed", "guidance_scale", "duration", "timeout")
 INT_RANGES = {**{name: (1, INT32_MAX, "a positive INT32") for name in INT32_INPUTS},
               "seed": (INT64_MIN, INT64_MAX, "an INT64")}
@@ -228,7 +229,7 @@ def install(app: web.Application, url: str, *, default_timeout: float | None = 6
             raise _bad("invalid_request", str(exc))
         headers = {"X-T2V-QC": json.dumps(video.qc),
                    "X-T2V-Info": json.dumps({k: video.info.get(k) for k in
-                                             ("model", "stages_ms", "cache_hit")})}
+                                             ("model", "variant", "stages_ms", "cache_hit")})}
         headers["X-T2V-Compliance"] = check.header()
         return web.Response(body=video.mp4, content_type="video/mp4", headers=headers)
 

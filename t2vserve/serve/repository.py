@@ -96,7 +96,7 @@ def served_metadata(profile: Profile) -> dict[str, dict]:
     """What t2v and t2v_stream publish as config parameters: `model_ids` {variant (or
     "base"): the model id it serves}, the default first, and `request_defaults`, what an
     omitted input becomes (the profile's defaults, negative_prompt included)."""
-    ids = {name: model_id(variant_manifest(profile, v))
+    ids = {name: model_id(variant_manifest(profile, v), profile, name)
            for name, v in variants_of(profile).items()}
     defaults = dict(profile.defaults)
     defaults.setdefault("negative_prompt", GenerationRequest.negative_prompt)

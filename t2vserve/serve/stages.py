@@ -243,7 +243,7 @@ def load_variants(profile: Profile) -> dict[str, tuple[Variant, str]]:
             curve = CacheCurve.load(calibration_path(profile, variant), manifest["weight_hash"])
             variant = replace(variant, sampling=replace(variant.sampling,
                                                         cache=replace(cache, curve=curve)))
-        out[name] = (variant, model_id(manifest))
+        out[name] = (variant, model_id(manifest, profile, name))
     return out
 
 
@@ -345,8 +345,12 @@ class VaeStage:
         return handles
 
 
-def model_id(manifest: dict) -> str:
-    return f"{manifest['preset']}@{manifest['weight_hash'][:12]}"
+def model_id(manifest: dict, profile: Profile | None = None, variant: str = "base") -> str:
+    """`preset@weights`, and `/variant` when the profile lists variants: two variants may
+    share weights and differ in how they sample, and an A/B test must tell them apart."""
+    weights = f"{manifest['preset']}@{manifest['weight_hash'][:12]}"
+    return f"{weights}/{variant}" if profile is not None and profile.data.get("variants") \
+        else weights
 
 
 def encode_video(frames: np.ndarray, fps: int) -> tuple[bytes, np.ndarray]:

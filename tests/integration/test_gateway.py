@@ -136,6 +136,10 @@ BAD = [  # (body, status, code, param, words in the message)
     ({"prompt": "a cup", "width": 100}, 400, "invalid_request", "width",
      "width must be a multiple of 32 in [64, 832], got 100"),
     ({"prompt": "  "}, 400, "invalid_request", "prompt", "non-empty"),
+    # an unknown model variant: the server names the ones it serves
+    ({"prompt": "a cup", "model_variant": "turbo"}, 400, "invalid_request", "model_variant",
+     "model_variant must be one of base, got 'turbo'"),
+    ({"prompt": "a cup", "model_variant": 2}, 400, "invalid_type", "model_variant", "a string"),
 ]
 
 
@@ -145,6 +149,12 @@ def test_bad_input_is_a_json_error_naming_the_field(gateway, body, status, code,
     err = _error(*answer)
     assert (answer[0], err["code"], err["param"]) == (status, code, param), err
     assert words in err["message"]
+
+
+def test_model_variant_picks_the_variant_and_the_info_header_names_it(gateway):
+    status, headers, data = _call(gateway, {"prompt": "a cup", **CHEAP, "model_variant": "base"})
+    _video(status, headers, data)
+    assert json.loads(headers["X-T2V-Info"])["variant"] == "base"
 
 
 def test_wrong_content_type_method_and_path_are_json_errors(gateway):

@@ -120,3 +120,43 @@ def test_the_distilled_student_runs_on_its_own_dit(url):
                                variant="base", steps=4, seed=3))
     assert video.info["model"] != base.info["model"]  # the fused weights' id
     assert video.mp4 != base.mp4
+
+
+def test_an_ab_batch_keeps_its_assignment_and_each_clip_names_its_variant(url, tmp_path, capsys):
+    """Issue 24, Show 3: 20 SKUs split between two variants of one server."""
+    from t2vserve.cli import main
+    from t2vserve.client.batch import read_manifest
+    from t2vserve.client.experiment import assign, parse_split
+
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text("".join(json.dumps({"sku": f"SKU-{i:02d}", "prompt": f"product {i}",
+                                           "width": 64, "height": 64, "num_frames": 5,
+                                           "steps": 1}) + "\n" for i in range(20)))
+    out = tmp_path / "out"
+    batch = ["batch", str(catalog), "--out-dir", str(out), "--url", url, "--experiment", "show3",
+             "--concurrency", "4"]
+    assert main([*batch, "--variants", "base=0.5,turbo=0.5"]) == 2
+    assert "--variants names turbo; the server serves base, cached, few, distilled" in \
+        capsys.readouterr().err
+    assert main([*batch, "--variants", "base=0.5,cached=0.5"]) == 0
+    with T2VClient(url) as client:
+        ids = client.server_info()["model_ids"]
+    assert ids["base"] != ids["cached"] and ids["base"].endswith("/base")  # same weights
+    split = parse_split("base=0.5,cached=0.5")
+    state = read_manifest(out / "manifest.jsonl")
+    assert sorted(state) == sorted((f"SKU-{i:02d}", assign("show3", f"SKU-{i:02d}", split))
+                                   for i in range(20))
+    for (sku, variant), r in state.items():
+        assert (r["status"], r["model"], r["served_variant"]) == ("ok", ids[variant], variant)
+        assert (out / f"{sku}.{variant}.mp4").stat().st_size == r["bytes"]
+    counts = {v: sum(1 for _, x in state if x == v) for v in split}
+    assert min(counts.values()) > 0
+    lines = (out / "manifest.jsonl").read_text().count("\n")
+    capsys.readouterr()
+    assert main(batch + ["--variants", "base=0.5,cached=0.5"]) == 0  # the rerun: all done
+    assert "20 already done" in capsys.readouterr().out
+    assert (out / "manifest.jsonl").read_text().count("\n") == lines
+    assert main(["experiment", "report", str(out / "manifest.jsonl"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["variants"]
+    assert {r["variant"]: (r["clips"], r["failed"]) for r in rows} == \
+        {v: (n, 0) for v, n in counts.items()}
