@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from t2vserve.client.compliance import check_prompt
+from t2vserve.client.compliance import check_prompt, default_rules
 from t2vserve.client.core import T2VClient, T2VError
 from t2vserve.client.experiment import ExperimentError, assign, split_text
 from t2vserve.client.listing import ListingError, listing_to_prompt
@@ -251,6 +251,7 @@ def plan_batch(rows: list[tuple[int, dict | None, str | None]], previous: dict,
     under a file name of its own."""
     jobs: list[Job] = []
     first_line: dict[str, int] = {}
+    rules = default_rules()  # a broken rule file stops the run here, not line by line
     for n, item, error in rows:
         if item is None:
             jobs.append(Job(n, f"line-{n}", error=error))
@@ -270,7 +271,7 @@ def plan_batch(rows: list[tuple[int, dict | None, str | None]], previous: dict,
             continue
         try:
             job.prompt, job.warnings = resolve_prompt(item)
-            check = check_prompt(job.prompt)  # a block fails this line only, naming the rule
+            check = check_prompt(job.prompt, rules)  # a block fails this line only
             job.compliance = check.to_dict()
             job.prompt = check.raise_if_blocked().prompt
             try:

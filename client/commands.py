@@ -24,6 +24,24 @@ def _url(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _use_rules(args) -> None:
+    """--rules / --brands: the compliance files this run loads, passed on as $T2V_RULES
+    (added to the shipped sets) and $T2V_BRANDS (in place of the example brand list)."""
+    if args.rules:
+        extra = [p for p in os.environ.get("T2V_RULES", "").split(os.pathsep) if p]
+        os.environ["T2V_RULES"] = os.pathsep.join([*extra, *args.rules])
+    if args.brands:
+        os.environ["T2V_BRANDS"] = args.brands
+
+
+def _rule_options(p) -> None:
+    p.add_argument("--rules", action="append", metavar="FILE",
+                   help="a compliance rule file added to the shipped zh/en sets (repeatable; "
+                        "also $T2V_RULES); docs/COMPLIANCE.md")
+    p.add_argument("--brands", metavar="FILE", help="the platform's brand-term file, in place "
+                   "of the shipped example (also $T2V_BRANDS)")
+
+
 def _generate(args) -> int:
     from t2vserve.client.compliance import ComplianceBlocked, RuleFileError, check_prompt
     from t2vserve.client.core import T2VClient
@@ -32,6 +50,7 @@ def _generate(args) -> int:
     if (args.prompt is None) == (args.product is None):
         print("t2vserve generate: give a prompt or --product listing.json", file=sys.stderr)
         return 2
+    _use_rules(args)
     seed = args.seed
     if args.product:
         listing = json.loads(Path(args.product).read_text(encoding="utf-8"))
@@ -78,6 +97,14 @@ def _generate(args) -> int:
 
 def _batch(args) -> int:
     from t2vserve.client.batch import run_batch
+    from t2vserve.client.compliance import RuleFileError, default_rules
+
+    _use_rules(args)
+    try:
+        default_rules()
+    except RuleFileError as exc:
+        print(f"t2vserve batch: {exc}", file=sys.stderr)
+        return 2
     from t2vserve.client.core import T2VError
 
     if args.jobs:
@@ -185,6 +212,7 @@ def register(sub) -> None:
                    "(default: its first), e.g. a few-step or step-cached one")
     p.add_argument("--timeout", type=float, help="client deadline in seconds")
     p.add_argument("--priority", type=int, default=0, help="Triton priority (1 is highest)")
+    _rule_options(p)
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("batch", help="clips for a catalog (JSON lines), resumable, with manifest")
@@ -208,6 +236,7 @@ def register(sub) -> None:
                    help="every variant the server serves, per SKU (<sku>.<variant>.mp4)")
     p.add_argument("--experiment", help="the experiment's name, part of the assignment's hash "
                    "(default: the catalog's file name without its suffix)")
+    _rule_options(p)
     p.set_defaults(func=_batch)
 
     p = sub.add_parser("experiment", help="A/B experiments over model variants")

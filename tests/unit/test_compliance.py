@@ -238,3 +238,19 @@ def test_bench_runs_and_reports_every_action(tmp_path):
     assert result["check"]["calls"] == 105 and result["check"]["median_ms"] > 0
     path = write_bench(result, tmp_path)
     assert "| check_prompt (the filter) |" in path.with_suffix(".md").read_text()
+
+
+def test_cli_rule_options_block_before_any_connection(tmp_path):
+    brands = _write(tmp_path, "brands:\n  - id: acme\n    terms: [Acme]\n", "brands.yaml")
+    bad = _write(tmp_path, "rules:\n  - id: x.a\n    category: c\n    pattern: foo\n"
+                           "    severity: deny\n", "bad.yaml")
+    catalog = _write(tmp_path, '{"sku": "a", "prompt": "a red cup"}\n', "catalog.jsonl")
+    cli = [sys.executable, "-m", "t2vserve.cli"]
+    r = subprocess.run([*cli, "generate", "an Acme kettle", "--brands", str(brands), "--url",
+                        "127.0.0.1:1"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "rule brand.acme (brand) at characters 3-7: 'Acme'" in r.stderr
+    r = subprocess.run([*cli, "batch", str(catalog), "--rules", str(bad), "--out-dir",
+                        str(tmp_path / "out"), "--url", "127.0.0.1:1"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and f"{bad}:5: rule x.a: unknown severity 'deny'" in r.stderr
+    assert not (tmp_path / "out" / "manifest.jsonl").exists()
