@@ -223,6 +223,19 @@ def _unless(path, line, rule_id: str, value) -> re.Pattern | None:
                     path, line)
 
 
+def _id_of(path, item: dict, line: int, lines: dict, allowed: set) -> str:
+    """An entry's id, once no key outside `allowed` is there (each error at its own line)."""
+    unknown = sorted(set(item) - allowed)
+    if unknown:
+        raise RuleFileError(path, lines[unknown[0]], f"unknown key {unknown[0]!r}; "
+                                                     f"allowed: {sorted(allowed)}")
+    entry_id = _string(path, lines.get("id", line), "id", item.get("id"))
+    if not _ID.match(entry_id):
+        raise RuleFileError(path, lines["id"], f"id {entry_id!r}: use lower-case letters, "
+                                               "digits, '.', '_' and '-'")
+    return entry_id
+
+
 def load_rule_file(path) -> list[Rule]:
     """The rules of one file: {language, word_boundaries, rules: [{id, category, pattern,
     severity, replacement, unless}]}; any mistake is a RuleFileError naming file and line."""
@@ -233,17 +246,10 @@ def load_rule_file(path) -> list[Rule]:
         raise RuleFileError(path, 1, f"word_boundaries must be true or false, got {words!r}")
     rules = []
     for item, line, lines in _items(path, data, node, "rules"):
-        unknown = sorted(set(item) - _RULE_KEYS)
-        if unknown:
-            raise RuleFileError(path, lines[unknown[0]], f"unknown key {unknown[0]!r}; "
-                                f"allowed: {sorted(_RULE_KEYS)}")
-        missing = [k for k in ("id", "category", "pattern", "severity") if k not in item]
+        rule_id = _id_of(path, item, line, lines, _RULE_KEYS)
+        missing = [k for k in ("category", "pattern", "severity") if k not in item]
         if missing:
-            raise RuleFileError(path, line, f"rule {item.get('id', '(no id)')}: missing {missing}")
-        rule_id = _string(path, lines["id"], "id", item["id"])
-        if not _ID.match(rule_id):
-            raise RuleFileError(path, lines["id"], f"id {rule_id!r}: use lower-case letters, "
-                                                   "digits, '.', '_' and '-'")
+            raise RuleFileError(path, line, f"rule {rule_id}: missing {missing}")
         severity = item["severity"]
         if severity not in SEVERITIES:
             raise RuleFileError(path, lines["severity"], f"rule {rule_id}: unknown severity "
@@ -287,14 +293,7 @@ def load_brand_file(path) -> list[Rule]:
         raise RuleFileError(path, 1, f"severity {severity!r}: brand terms take 'block' or 'warn'")
     rules = []
     for item, line, lines in _items(path, data, node, "brands"):
-        unknown = sorted(set(item) - _BRAND_KEYS)
-        if unknown:
-            raise RuleFileError(path, lines[unknown[0]], f"unknown key {unknown[0]!r}; "
-                                                         f"allowed: {sorted(_BRAND_KEYS)}")
-        brand = _string(path, lines.get("id", line), "id", item.get("id"))
-        if not _ID.match(brand):
-            raise RuleFileError(path, lines["id"], f"id {brand!r}: use lower-case letters, "
-                                                   "digits, '.', '_' and '-'")
+        brand = _id_of(path, item, line, lines, _BRAND_KEYS)
         terms = item.get("terms")
         if not isinstance(terms, list) or not terms or not all(isinstance(t, str) and t.strip()
                                                                for t in terms):
