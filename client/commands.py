@@ -153,7 +153,8 @@ def _experiment_report(args) -> int:
     from t2vserve.client.experiment import ExperimentError, format_report, report
 
     try:
-        r = report(Path(args.manifest), Path(args.outcomes) if args.outcomes else None)
+        r = report(Path(args.manifest), Path(args.outcomes) if args.outcomes else None,
+                   control=args.control)
     except (ExperimentError, OSError) as exc:
         print(f"t2vserve experiment report: {exc}", file=sys.stderr)
         return 2
@@ -246,6 +247,8 @@ def register(sub) -> None:
     p.add_argument("manifest", help="a batch's manifest.jsonl")
     p.add_argument("--outcomes", help="CSV with columns sku, impressions, conversions "
                    "[, variant]")
+    p.add_argument("--control", help="the variant the others are tested against (default: "
+                   "the first of the batch's --variants; with --all-variants, the first by name)")
     p.add_argument("--json", action="store_true", help="the report as JSON")
     p.set_defaults(func=_experiment_report)
 

@@ -179,17 +179,36 @@ def read_outcomes(path: Path, units: dict[tuple[str, str | None], dict]) -> tupl
     return rows, unmatched
 
 
-def report(manifest: Path, outcomes: Path | None = None) -> dict:
-    """Per variant (in first-seen order): clips, failures, clips for review, latency p50 and
-    p95; with outcomes, impressions, conversions, rate and its Wilson interval, and each
-    variant tested against the first (the control)."""
+def arm_order(units: dict, control: str | None = None) -> list[str | None]:
+    """The variants in the manifest, the control first: `control` when given, else the
+    order of the split the batch recorded (`a=0.5,b=0.5`: a is the control), else by name
+    (with --all-variants)."""
+    names = {variant for _, variant in units}
+    splits = {r.get("split") for r in units.values() if r.get("split")}
+    given = next(iter(splits)) if len(splits) == 1 else "all"
+    order = [part.split("=")[0] for part in given.split(",")] if given != "all" else []
+    ranked = sorted(names, key=lambda v: (v is not None, v not in order,
+                                          order.index(v) if v in order else 0, v or ""))
+    if control is not None:
+        if control not in names:
+            raise ExperimentError(f"--control {control!r}: the manifest's variants are "
+                                  f"{', '.join(str(v) for v in ranked)}")
+        ranked.remove(control)
+        ranked.insert(0, control)
+    return ranked
+
+
+def report(manifest: Path, outcomes: Path | None = None, control: str | None = None) -> dict:
+    """Per variant (the control first, see arm_order): clips, failures, clips for review,
+    latency p50 and p95; with outcomes, impressions, conversions, rate and its Wilson
+    interval, and each variant tested against the control."""
     units = read_units(manifest)
-    variants: dict[str | None, dict] = {}
+    variants = {v: {"variant": v, "skus": 0, "clips": 0, "failed": 0, "review": 0}
+                for v in arm_order(units, control)}
     latencies: dict[str | None, list[float]] = {}
     experiments = set()
     for (sku, variant), r in units.items():
-        v = variants.setdefault(variant, {"variant": variant, "skus": 0, "clips": 0,
-                                          "failed": 0, "review": 0})
+        v = variants[variant]
         v["skus"] += 1
         status = r.get("status")
         v["clips"] += status in ("ok", "review")

@@ -106,13 +106,14 @@ def _manifest(path, rows):
 
 
 def _synthetic_outcomes(tmp_path):
-    """Two variants over 40 SKUs with different true rates; a seeded generator."""
+    """Two variants over 40 SKUs with different true rates (a seeded generator), split
+    b=0.5,a=0.5: b is the control."""
     rng = np.random.default_rng(7)
     rows, outcomes = [], []
     for i in range(40):
         variant = "a" if i % 2 else "b"
         status = "failed" if i in (3, 8) else ("review" if i == 5 else "ok")
-        rows.append({"sku": f"S{i}", "variant": variant, "status": status,
+        rows.append({"sku": f"S{i}", "variant": variant, "status": status, "split": "b=0.5,a=0.5",
                      "latency_s": None if status == "failed" else 1.0 + i / 10})
         n = int(rng.integers(200, 2000))
         outcomes.append((f"S{i}", n, int(rng.binomial(n, 0.03 if variant == "a" else 0.045))))
@@ -128,7 +129,7 @@ def _synthetic_outcomes(tmp_path):
 def test_the_report_matches_scipy_on_a_synthetic_outcomes_file(tmp_path):
     manifest, path, rows, outcomes = _synthetic_outcomes(tmp_path)
     r = report(manifest, path)
-    a, b = r["variants"]  # first seen first: S0 is b
+    a, b = r["variants"]  # the split's first, b, is the control
     assert (a["variant"], b["variant"]) == ("b", "a")
     assert (a["clips"], a["failed"], a["review"]) == (19, 1, 0)  # S8 failed
     assert (b["clips"], b["failed"], b["review"]) == (19, 1, 1)  # S3 failed, S5 for review
@@ -188,7 +189,9 @@ def test_the_cli_prints_the_table_and_the_json(tmp_path, capsys):
     assert main(["experiment", "report", str(manifest), "--outcomes", str(path)]) == 0
     text = capsys.readouterr().out
     assert "a vs b: difference" in text and "pooled two-proportion z-test" in text
-    assert main(["experiment", "report", str(manifest), "--json"]) == 0
-    assert [v["variant"] for v in json.loads(capsys.readouterr().out)["variants"]] == ["b", "a"]
+    assert main(["experiment", "report", str(manifest), "--json", "--control", "a"]) == 0
+    assert [v["variant"] for v in json.loads(capsys.readouterr().out)["variants"]] == ["a", "b"]
+    assert main(["experiment", "report", str(manifest), "--control", "c"]) == 2
+    assert "--control 'c': the manifest's variants are b, a" in capsys.readouterr().err
     assert main(["experiment", "report", str(tmp_path / "none.jsonl")]) == 2
     assert "no such manifest" in capsys.readouterr().err
