@@ -15,6 +15,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 Z95 = 1.959963984540054  # the standard normal's 97.5th percentile: two-sided 95 %
 NAME = re.compile(r"^[A-Za-z0-9_-]+$")  # what the server allows in a variant name
@@ -86,7 +87,7 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
 class ProportionTest:
     z: float | None         # None: no test (no trials, or no variation at all)
     p_value: float | None   # two-sided
-    difference: float       # rate of b minus rate of a
+    difference: float | None  # rate 2 minus rate 1
     difference_ci: tuple[float, float] | None  # unpooled normal interval, 95 %
 
 
@@ -94,7 +95,7 @@ def two_proportion_test(x1: int, n1: int, x2: int, n2: int) -> ProportionTest:
     """Pooled two-proportion z-test of rate 2 against rate 1 (the chi-square test of the
     2x2 table without continuity correction: chi2 = z^2), two-sided."""
     if n1 <= 0 or n2 <= 0:
-        return ProportionTest(None, None, float("nan"), None)
+        return ProportionTest(None, None, None, None)
     p1, p2 = x1 / n1, x2 / n2
     diff = p2 - p1
     se_diff = math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
@@ -203,8 +204,9 @@ def report(manifest: Path, outcomes: Path | None = None, control: str | None = N
     latency p50 and p95; with outcomes, impressions, conversions, rate and its Wilson
     interval, and each variant tested against the control."""
     units = read_units(manifest)
-    variants = {v: {"variant": v, "skus": 0, "clips": 0, "failed": 0, "review": 0}
-                for v in arm_order(units, control)}
+    variants: dict[str | None, dict[str, Any]] = {
+        v: {"variant": v, "skus": 0, "clips": 0, "failed": 0, "review": 0}
+        for v in arm_order(units, control)}
     latencies: dict[str | None, list[float]] = {}
     experiments = set()
     for (sku, variant), r in units.items():
