@@ -182,7 +182,7 @@ def _parse(path: Path) -> tuple[dict, yaml.Node]:
                             f"not valid YAML: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
         raise RuleFileError(path, None, f"not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or node is None:
         raise RuleFileError(path, 1, "the file must be a mapping with a 'rules' (or 'brands') list")
     return data, node
 
