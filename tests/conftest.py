@@ -5,6 +5,11 @@ import pytest
 # Nothing in the suite may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Without a GPU the Triton kernels of t2vserve.kernels run in Triton's CPU interpreter. Triton
+# reads this when a kernel module is imported, so it is set here, before any test module
+# (or the runtime it imports) can load one. Checked without importing torch.
+if not os.path.exists("/dev/nvidiactl"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")
