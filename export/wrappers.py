@@ -35,11 +35,8 @@ class WanAttnProcessorExport:
         if attn.add_k_proj is not None:
             raise NotImplementedError("image-context (I2V) attention is not exported")
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
-        k = attn.norm_k(attn.to_k(context)).unflatten(2, (attn.heads, -1))
+        q, k = self.qk(attn, hidden_states, context, rotary_emb)
         v = attn.to_v(context).unflatten(2, (attn.heads, -1))
-        if rotary_emb is not None:
-            q, k = _rope(q, *rotary_emb), _rope(k, *rotary_emb)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, L, head_dim)
         if q.dtype == torch.float32 or self.sdpa_always:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
@@ -48,6 +45,15 @@ class WanAttnProcessorExport:
             out = torch.matmul(scores.float().softmax(dim=-1).to(v.dtype), v)
         out = out.transpose(1, 2).flatten(2, 3).type_as(q)
         return attn.to_out[1](attn.to_out[0](out))
+
+    def qk(self, attn, hidden_states, context, rotary_emb):
+        """q and k, (B, L, heads, head_dim), normed and rotated: the step that
+        `runners.fused` replaces with one kernel each."""
+        q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
+        k = attn.norm_k(attn.to_k(context)).unflatten(2, (attn.heads, -1))
+        if rotary_emb is not None:
+            q, k = _rope(q, *rotary_emb), _rope(k, *rotary_emb)
+        return q, k
 
 
 def use_export_attention(transformer: nn.Module, sdpa_always: bool = False) -> None:

@@ -2,7 +2,9 @@
 `t2vserve bench encoder`: x264 held to AVX2 against its own detection (perf/bench_encoder.py).
 `t2vserve bench sampling`: quality against cost of the sampling modes, served (perf/sampling_table.py).
 `t2vserve bench jobs`: a burst of async jobs through Redis and the workers (perf/jobs_burst.py).
-`t2vserve bench compliance`: the compliance filter's time per listing (perf/bench_compliance.py)."""
+`t2vserve bench compliance`: the compliance filter's time per listing (perf/bench_compliance.py).
+`t2vserve bench kernels`: the fused Triton kernels' GB/s, and the DiT and VAE with them on
+and off (perf/bench_kernels.py)."""
 
 
 def _parse_shapes(values: list[str]) -> list[tuple[int, int, int]]:
@@ -139,6 +141,19 @@ def _bench_compliance(args) -> int:
     return 0 if result["within_budget"] else 1
 
 
+def _bench_kernels(args) -> int:
+    from t2vserve.perf.bench_kernels import markdown, run_bench, write_bench
+
+    resolutions = tuple(r.strip() for r in args.shapes.split(",") if r.strip())
+    result = run_bench(device=args.device, resolutions=resolutions, repeats=args.repeats,
+                       compile=not args.no_compile, e2e=not args.no_end_to_end,
+                       interpret=args.interpret, log=lambda s: print(s, flush=True))
+    path = write_bench(result, args.out_dir)
+    print(markdown(result))
+    print(f"wrote {path} (+ .md)")
+    return 0  # a missed target is a finding, not a failure
+
+
 def register(sub) -> None:
     p = sub.add_parser("bench", help="micro-benchmarks of the networks on this machine")
     bench = p.add_subparsers(dest="bench_command", required=True)
@@ -226,3 +241,21 @@ def register(sub) -> None:
     c.add_argument("--rounds", type=int, default=50, help="times each listing is checked (50)")
     c.add_argument("--out-dir", default="perf/results")
     c.set_defaults(func=_bench_compliance)
+
+    k = bench.add_parser("kernels", help="the fused Triton kernels against their torch reference "
+                                         "and torch.compile of it, GB/s against a measured copy "
+                                         "and the datasheet, at the 5B's 480P/720P shapes; the "
+                                         "DiT (2 layers at 5B dims) and VAE decode with kernels "
+                                         "on and off; writes <out-dir>/kernels-<device>-"
+                                         "<date>.json and .md (needs CUDA)")
+    k.add_argument("--device", default="cuda", help="cuda, cuda:1 (cpu only with --interpret)")
+    k.add_argument("--shapes", default="480p,720p", help="480p, 720p or both (default)")
+    k.add_argument("--repeats", type=int, default=20, help="timed calls per figure (default 20)")
+    k.add_argument("--no-compile", action="store_true", help="skip torch.compile of the references")
+    k.add_argument("--no-end-to-end", action="store_true",
+                   help="kernels only: skip the DiT forward and VAE decode on/off")
+    k.add_argument("--interpret", action="store_true",
+                   help="with --device cpu: tiny shapes under Triton's interpreter (a smoke "
+                        "test of this command; its timings mean nothing)")
+    k.add_argument("--out-dir", default="perf/results")
+    k.set_defaults(func=_bench_kernels)

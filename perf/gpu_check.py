@@ -2,7 +2,8 @@
 minutes on an H100/H200, no network).
 
 Phases, in order: the DiT forward's MFU (perf.bench_gpu's own code, before the server so
-its network does not share the GPU with the stages); a generated torch-runtime profile and
+its network does not share the GPU with the stages); the fused Triton kernels' GB/s at 720P
+(perf.bench_kernels, skipped without CUDA); a generated torch-runtime profile and
 repository; tritonserver with the transfer hook on (serve.transfers); one gRPC request per
 planned size with host<->device bytes measured per stage; perf_analyzer at concurrency 1
 and 2 (perf.analyzer); memory per stage process. `--preset tiny --device cpu` runs the same
@@ -44,7 +45,7 @@ PLANS: dict[str, dict[str, Any]] = {
         gpu_precision="bf16"),
 }
 # seconds each phase may take on the GPU run; their sum is the 9-minute budget
-PHASE_BUDGET_S = {"setup": 20, "mfu": 100, "artifacts": 15, "server_load": 150,
+PHASE_BUDGET_S = {"setup": 20, "mfu": 75, "kernels": 25, "artifacts": 15, "server_load": 150,
                   "requests": 120, "perf_analyzer": 90, "memory_and_stop": 45}
 TOTAL_BUDGET_S = 540
 CONCURRENCY = (1, 2)
@@ -157,6 +158,25 @@ def measure_mfu(preset: str, device: str, dtype: str) -> dict:
                      "tflops": round(r["ours"]["tflops"], 3),
                      **{k: round(v, 4) for k, v in r["ours"].items() if k.startswith("mfu_")}}
                     for r in rows]}
+
+
+def measure_kernels(device: str, out_dir) -> dict | None:
+    """`t2vserve bench kernels --shapes 720p --no-compile --no-end-to-end`, its files next to
+    this check's; None on a CPU."""
+    if device == "cpu":
+        return None
+    from t2vserve.perf import bench_kernels
+
+    r = bench_kernels.run_bench(device, resolutions=("720p",), repeats=10, compile=False,
+                                e2e=False, log=log)
+    path = bench_kernels.write_bench(r, out_dir)
+    return {"result": str(path), "copy_gbs": round(r["bandwidth"]["copy_gbs"]),
+            "datasheet_gbs": r["bandwidth"]["datasheet_gbs"],
+            "kernels": [{"kernel": k["kernel"], "case": k["case"],
+                         "ms": round(k["triton"]["median_ms"], 4), "gbs": round(k["triton"]["gbs"]),
+                         "of_copy": round(k["triton"]["of_copy"], 3),
+                         "torch_ms": round(k["torch"]["median_ms"], 4)} for k in r["kernels"]],
+            "targets_met": sum(t["met"] for t in r["targets"]), "targets": len(r["targets"])}
 
 
 # ---- phase: artifacts, profile, repository ----------------------------------------------
@@ -321,6 +341,10 @@ def run_check(preset: str = "wan2.2-ti2v-5b", device: str = "cuda", out_dir: str
         dtype = plan["gpu_precision"] if device != "cpu" else "fp32"
         with phases.run("mfu", fatal=False):  # serving does not depend on it
             result["phases"]["mfu"] = measure_mfu(preset, device, dtype)
+        with phases.run("kernels", fatal=False):
+            result["phases"]["kernels"] = measure_kernels(device, out_dir)
+            if result["phases"]["kernels"] is None:
+                result["skipped"]["kernels"] = "no GPU: Triton kernels are benched on CUDA only"
         with phases.run("artifacts"):
             from t2vserve.profile import load_profile
             from t2vserve.serve.repository import render_repository

@@ -28,6 +28,10 @@ REQUIRED = {
 }
 
 
+# components.<c>.kernels: the fused Triton kernels (t2vserve.runners.fused) in runtime torch
+KERNELS = ("triton", "off")
+FUSED_COMPONENTS = ("dit", "vae_decoder")
+
 # profiles/ is installed as t2vserve.profiles, so `--profile cpu-tiny` works from a wheel too
 SHIPPED = Path(t2vserve.profiles.__file__).parent
 
@@ -127,4 +131,23 @@ def load_profile(path: str | Path) -> Profile:
     for name, model in data["models"].items():
         if "instances" not in model:
             raise ProfileError(f"{path}: models.{name}.instances is missing")
+    for name, spec in data["components"].items():
+        check_kernels(name, spec or {}, path)
     return Profile(data, path, base)
+
+
+def check_kernels(component: str, spec: dict, path) -> None:
+    """`kernels: triton` swaps module code paths in the torch runtime; ONNX Runtime and
+    TensorRT run exported graphs (TensorRT fuses on its own), so there it is refused."""
+    kernels = spec.get("kernels", "off")
+    where = f"{path}: components.{component}.kernels"
+    if kernels not in KERNELS:
+        raise ProfileError(f"{where} must be one of {', '.join(KERNELS)}, got {kernels!r}")
+    if kernels == "off":
+        return
+    if spec.get("runtime") != "torch":
+        raise ProfileError(f"{where}: triton applies to runtime torch only, not "
+                           f"{spec.get('runtime')!r} (exported graphs keep their own fusion)")
+    if component not in FUSED_COMPONENTS:
+        raise ProfileError(f"{where}: no fused kernels for {component} "
+                           f"(they exist for {', '.join(FUSED_COMPONENTS)})")

@@ -1,4 +1,5 @@
-"""The torch runner with its GPU options: a compute dtype, torch.compile, CUDA graphs.
+"""The torch runner with its GPU options: a compute dtype, torch.compile, CUDA graphs, and
+the fused Triton kernels (`kernels="triton"`, `runners.fused`).
 
 Same interface as `runners.TorchRunner` (`run(named tensors) -> named tensors`, on `device`).
 On CPU it runs without graphs (compile still optional), so the whole path is tested without
@@ -9,6 +10,7 @@ import torch
 
 from t2vserve.export.wrappers import use_export_attention
 from t2vserve.runners import to_device
+from t2vserve.runners.fused import check_device, check_kernels, use_kernels
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -32,7 +34,8 @@ class CudaTorchRunner:
 
     def __init__(self, module, input_names: list[str], output_names: list[str], *,
                  device: str = "cuda", dtype: str = "bf16", compile: bool = False,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, kernels: str = "off"):
+        check_kernels(kernels, "kernels")
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
         self.device = torch.device(device)
@@ -46,6 +49,10 @@ class CudaTorchRunner:
             # the VAE chunk wrappers cache their weights' dtype at construction
             if isinstance(m.__dict__.get("dtype"), torch.dtype):
                 m.dtype = self.dtype
+        self.kernels = kernels
+        if kernels == "triton":
+            check_device(self.device)
+            use_kernels(self.module)
         self.input_names = list(input_names)
         self.output_names = list(output_names)
         self.compiled = compile

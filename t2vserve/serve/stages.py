@@ -168,10 +168,17 @@ _COMPONENT = {"text_encoder": "text_encoder", "dit": "dit", "vae_decode_first": 
 
 def _on_device(profile: Profile, graph: str, runner, device: str = "cpu"):
     """A CUDA device -> the same wrapper on that GPU in the component's precision
-    (bf16/fp16/fp32), SDPA attention, optional torch.compile and CUDA graphs per shape."""
-    if device == "cpu":
-        return runner
+    (bf16/fp16/fp32), SDPA attention, optional torch.compile and CUDA graphs per shape;
+    `kernels: triton` on either device swaps in the fused kernels (`runners.fused`)."""
     spec = profile.data["components"][_COMPONENT[graph]]
+    kernels = spec.get("kernels", "off")
+    if device == "cpu":
+        if kernels == "triton":
+            from t2vserve.runners.fused import check_device, use_kernels
+
+            check_device(device)  # the interpreter only: tests
+            use_kernels(runner.module)
+        return runner
     from t2vserve.runners.torch_cuda import CudaTorchRunner, use_sdpa_attention
 
     if graph == "dit":
@@ -180,7 +187,7 @@ def _on_device(profile: Profile, graph: str, runner, device: str = "cpu"):
     return CudaTorchRunner(runner.module, runner.input_names, runner.output_names,
                            device=device, dtype=spec.get("precision", "bf16"),
                            compile=bool(spec.get("compile", False)),
-                           cuda_graphs=bool(spec.get("cuda_graphs", False)))
+                           cuda_graphs=bool(spec.get("cuda_graphs", False)), kernels=kernels)
 
 
 def _scalar(values: dict, name: str):
