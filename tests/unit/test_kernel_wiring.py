@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from t2vserve.profile import ProfileError, load_profile
-from t2vserve.runners.fused import KernelOps, check_device, use_kernels
+from t2vserve.runners.fused import FusedAttnProcessor, KernelOps, check_device, use_kernels
 from t2vserve.runners.torch_cuda import CudaTorchRunner
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,10 +42,9 @@ def test_triton_kernels_give_the_same_dit_and_vae_output_as_off(tiny):
     z = torch.randn(1, 48, 1, 2, 2, generator=g)  # the first chunk: every norm site once
     dit, frames = {}, {}
     for kernels in ("off", "triton"):
-        tr = copy.deepcopy(tiny.transformer)
-        use_sdpa_attention(tr)
-        runner = CudaTorchRunner(DiTExport(tr), *DIT_IO, device=device, dtype="fp32",
-                                 kernels=kernels)
+        wrapper = DiTExport(copy.deepcopy(tiny.transformer))
+        use_sdpa_attention(wrapper.transformer)  # as serve's _on_device: after DiTExport
+        runner = CudaTorchRunner(wrapper, *DIT_IO, device=device, dtype="fp32", kernels=kernels)
         dit[kernels] = runner.run(feed)["noise_pred"].cpu()
         frames[kernels] = decode_chunks(*vae_runners(copy.deepcopy(tiny.vae), CudaTorchRunner,
                                                      device=device, dtype="fp32",
@@ -81,15 +80,18 @@ def test_wiring_with_the_torch_references_is_exact(tiny):
     feed = {"latents": torch.randn(2, 48, 2, 4, 4, generator=g),
             "timestep": torch.tensor([999.0, 250.0]),
             "prompt_embeds": torch.randn(2, 256, 32, generator=g)}
-    off_dit = copy.deepcopy(tiny.transformer)
-    use_sdpa_attention(off_dit)
-    ref = TorchRunner(DiTExport(off_dit), *DIT_IO).run(feed)["noise_pred"]
+    off = DiTExport(copy.deepcopy(tiny.transformer))
+    use_sdpa_attention(off.transformer)
+    ref = TorchRunner(off, *DIT_IO).run(feed)["noise_pred"]
     tr = copy.deepcopy(tiny.transformer)
     runner = TorchRunner(DiTExport(tr), *DIT_IO)
     use_sdpa_attention(tr)
     layers = len(tr.blocks)
     assert use_kernels(runner.module, Counted(reference=True)) == layers
     assert use_kernels(runner.module, Counted(reference=True)) == 0  # already patched
+    # the fused processor keeps SDPA in half precision, as use_sdpa_attention set it
+    assert all(isinstance(b.attn1.processor, FusedAttnProcessor) and b.attn1.processor.sdpa_always
+               for b in tr.blocks)
     assert torch.equal(runner.run(feed)["noise_pred"], ref)
     assert calls == {"layernorm_modulate": 2 * layers, "rmsnorm_rope": 2 * layers,
                      "gated_residual": 2 * layers}
@@ -195,3 +197,21 @@ def test_bench_kernels_interpreter_smoke(tmp_path):
     assert dit["max_rel_diff"] < 1e-5 and dit["speedup"] > 0
     assert r["targets"] == []  # no 720p rows, no VAE decode under the interpreter
     assert path.with_suffix(".md").read_text().startswith("# bench kernels on cpu (interpreter")
+
+
+def test_bench_targets_take_each_kernels_largest_720p_case():
+    from t2vserve.perf.bench_kernels import targets
+
+    def row(kernel, case, nbytes, of_copy, resolution="720p"):
+        return {"kernel": kernel, "case": case, "resolution": resolution, "bytes": nbytes,
+                "triton": {"of_copy": of_copy}}
+    r = {"kernels": [row("rms_norm_silu", "720p/mid+up0", 14, 0.1),
+                     row("rms_norm_silu", "720p/up3+head", 923, 0.85),
+                     row("gated_residual", "480p", 455, 0.9, "480p"),
+                     row("gated_residual", "720p", 1676, 0.7)],
+         "end_to_end": {"vae_decode": [{"width": 1280, "height": 704, "frames": 17,
+                                        "speedup": 1.04}]}}
+    assert [(t["target"], t["met"]) for t in targets(r)] == [
+        ("rms_norm_silu 720p/up3+head >= 80% of copy bandwidth", True),
+        ("gated_residual 720p >= 80% of copy bandwidth", False),
+        ("VAE decode 1280x704x17 faster with kernels", True)]
