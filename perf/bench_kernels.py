@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from t2vserve.perf.bench_gpu import (
-    BATCH, SHAPES as VIDEO_SHAPES, _init_, _latent_dims, _machine, datasheet_peak, device_slug,
+    BATCH, SHAPES as VIDEO_SHAPES, _free, _init_, _latent_dims, _machine, datasheet_peak,
+    device_slug,
 )
 from t2vserve.perf.roofline import dit_tokens
 from t2vserve.presets import get_preset
@@ -169,6 +170,7 @@ def _on_off(make, call, device, repeats, warmup, log, label) -> dict:
         outs[kernels] = call(runner)
         row[kernels] = _time_ms(lambda: call(runner), device, repeats, min(warmup, 1))
         del runner
+        _free(device)  # the 5B VAE's copies and activations, before the next one
     row["speedup"] = row["off"]["median_ms"] / row["triton"]["median_ms"]
     diff = (outs["triton"].float() - outs["off"].float()).abs().max().item()
     row["max_abs_diff"] = diff
