@@ -1,7 +1,8 @@
 """The Helm chart means what it says: deploy-check passes (and fails on an invalid object),
 /dev/shm and the grace period follow the profile as `serve` computes them, the schema
-refuses a wrong type, the KEDA Redis trigger watches the list Dramatiq really fills, and
-`t2vserve size --emit-values` output renders into valid objects."""
+refuses a wrong type, the KEDA Redis trigger watches the list Dramatiq really fills,
+`t2vserve size --emit-values` output renders into valid objects, and every container's
+command line is one the CLI accepts."""
 
 import importlib.util
 import re
@@ -209,3 +210,47 @@ def test_chart_values_refuse_what_the_chart_cannot_deploy():
         chart_values(profile, 3, min_replicas=4)
     with pytest.raises(ValueError, match="mode must be one of none, keda, hpa"):
         chart_values(profile, 3, mode="vpa")
+
+
+def test_every_container_command_is_one_the_cli_accepts_and_the_profile_loads(tmp_path):
+    """The chart's command lines are t2vserve's own: each container's command + args (KEDA
+    values: server, jobs API, jobs worker) parses with the real CLI parser, and the profile
+    ConfigMap is a profile `serve` loads, with the shm size the Deployment gives it."""
+    from t2vserve.cli import build_parser
+
+    import argparse
+
+    def exact(p):  # argparse would take --rate-per-min for --rate-per-minute
+        p.allow_abbrev = False
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    exact(sub)
+        return p
+
+    objects = _template("-f", str(CHART / "ci" / "keda-values.yaml"))
+    parser = exact(build_parser())
+    seen = {}
+    for obj in objects:
+        if obj["kind"] != "Deployment":
+            continue
+        for c in obj["spec"]["template"]["spec"]["containers"]:
+            command, args = c["command"], c.get("args", [])
+            if command[:2] == ["sh", "-c"]:  # the server: `exec t2vserve serve "$@"`
+                assert 'exec t2vserve serve "$@"' in command[2]
+                argv = ["serve", *args]
+            else:
+                assert command[0] == "t2vserve", command
+                argv = [*command[1:], *args]
+            parsed = parser.parse_args(argv)  # SystemExit(2) on a flag the CLI does not have
+            seen[argv[0]] = parsed
+    assert set(seen) == {"serve", "jobs", "jobs-worker"}, set(seen)
+
+    config = _one(objects, "ConfigMap", "t2v-t2vserve-profile")
+    [(name, text)] = config["data"].items()
+    path = tmp_path / name
+    path.write_text(text)
+    profile = load_profile(path)
+    shm = _one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    [limit] = [v["emptyDir"]["sizeLimit"] for v in shm if v["name"] == "shm"]
+    assert int(limit) == shm_requirement(profile)[0]
